@@ -1,0 +1,103 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * config: kcached's settings. One key table (config_keys[] in config.c,
+ * {section, key, type, field offset, default, min, max, reloadable, help})
+ * drives parsing, defaults, environment overrides, `kcached -t` and the docs.
+ *
+ * Sources, lowest to highest precedence: built-in default < INI file <
+ * environment (REDIS_HOST, REDIS_PORT, REDIS_REPLICAS_HOST_PORT,
+ * REDIS_TIMEOUT, REDIS_PASSWORD). Every value remembers where it came from.
+ *
+ * The INI file is read through ini_parse_stream() with a reader of our own:
+ * Debian's libinih 55 cuts lines at 200 bytes silently and gives the handler
+ * no line numbers, so our reader counts lines and refuses lines of 199 bytes
+ * or more. Unknown sections or keys, duplicate keys and bad values are errors
+ * reported as "FILE:LINE: [section] key: why". Comments: whole-line `;` or `#`,
+ * and inline ` ;` (libinih's rule: a `;` preceded by whitespace).
+ */
+#ifndef KCACHE_CONFIG_H
+#define KCACHE_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define CONFIG_MAX_REPLICAS 16
+#define CONFIG_HOST_MAX 256
+#define CONFIG_PATH_MAX 108 /* sun_path */
+
+/* A Redis node: host:port, [v6]:port, or unix:/path. */
+struct config_addr {
+        bool is_unix;
+        char host[CONFIG_HOST_MAX]; /* name or IP literal, without brackets */
+        int port;
+        char path[CONFIG_PATH_MAX];
+};
+
+enum config_source { CONFIG_SRC_DEFAULT = 0, CONFIG_SRC_FILE, CONFIG_SRC_ENV };
+
+enum log_level { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR };
+
+struct config {
+        /* [server] */
+        char *socket;              /* owned */
+        unsigned socket_mode;      /* octal in the file */
+        int max_clients;
+        int64_t max_request_bytes;
+        int max_nesting;
+        int max_batch_keys;
+        int drain_timeout_ms;
+        /* [redis] */
+        char *primary;             /* owned; as written */
+        char *replicas;            /* owned; comma list as written, "" for none */
+        char *password;            /* owned; "" for none; never logged */
+        char *password_file;       /* owned; "" for none; read at load into password */
+        int db;
+        int connect_timeout_ms;
+        int command_timeout_ms;
+        /* [cache] */
+        char *key_prefix;          /* owned; may be "" */
+        int64_t default_ttl;
+        int64_t max_ttl;
+        /* [log] */
+        int log_level;             /* enum log_level */
+
+        /* derived at load time */
+        struct config_addr primary_addr;
+        struct config_addr replica_addrs[CONFIG_MAX_REPLICAS];
+        int n_replicas;
+        char *path; /* owned; the file loaded, NULL for none */
+        enum config_source sources[64]; /* per key, indexed like config_keys[] */
+};
+
+/* Sets every key to its default (and sources to DEFAULT). */
+int config_init(struct config *c);
+void config_deinit(struct config *c);
+
+/*
+ * Loads defaults, then path (may be NULL: defaults only), then the
+ * environment, then derives addresses and reads password_file.
+ * 0 on success; -1 with a one-line reason in err ("FILE:LINE: [section] key:
+ * why", or "env REDIS_PORT: why"). On failure *c holds defaults.
+ */
+int config_load(struct config *c, const char *path, char *err, size_t errlen);
+
+/* Parses "host:port", "[v6]:port" or "unix:/path". 0 or -1 with err. */
+int config_parse_addr(const char *s, struct config_addr *a, char *err, size_t errlen);
+
+/* Formats an address for logs: "127.0.0.1:6379", "[::1]:6379", "unix:/p". */
+const char *config_addr_str(const struct config_addr *a, char *out, size_t outlen);
+
+/*
+ * Writes the running configuration as INI, one `key = value` a line followed
+ * by `; source: default|FILE:LINE|env NAME`; secrets as ***.
+ */
+void config_dump(const struct config *c, FILE *out);
+
+/* Writes conf/kcached.ini's body: every key commented with default and help. */
+void config_write_example(FILE *out);
+
+const char *log_level_name(int level);
+
+#endif
