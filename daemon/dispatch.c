@@ -1,1 +1,328 @@
 /* SPDX-License-Identifier: MIT */
+/*
+ * dispatch: message classification, parameter checks and the request
+ * lifecycle (see dispatch.h).
+ *
+ * What happens to each decoded message:
+ *   request, valid msgid, good shape  -> method handler (exactly one response)
+ *   request, valid msgid, bad shape   -> BAD_REQUEST response
+ *   request, msgid not a uint32       -> cannot be answered: close the connection
+ *   notification                      -> counted, never executed or answered
+ *   anything else well-formed         -> one kcache.error notification; stays open
+ */
+#include "daemon/dispatch.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "daemon/cache.h"
+#include "daemon/conn.h"
+#include "daemon/log.h"
+#include "daemon/server.h"
+#include "daemon/stats.h"
+
+#define REQ_CHUNK 256
+
+typedef void (*handler_fn)(struct req *r, const msgpack_object *args, const struct opts *o);
+
+static const handler_fn handlers[RPC_M_COUNT] = {
+#define KC_METHOD(name, n_args, flags, opts, params, result) [RPC_M_##name] = handler_##name,
+#include "methods.def"
+#undef KC_METHOD
+};
+
+static struct req *req_free_list;
+static struct log_limit dispatch_log_limit;
+
+static void req_on_deadline(struct ev_loop *loop, ev_timer *w, int revents);
+
+static struct req *
+req_alloc(void)
+{
+        if (req_free_list == NULL) {
+                /* Requests are never given back to malloc: a Redis reply may name a
+                 * request long after it was answered, and must find valid memory
+                 * with a newer generation. The pool is as large as the peak in flight. */
+                struct req *chunk = calloc(REQ_CHUNK, sizeof(*chunk));
+                if (chunk == NULL)
+                        return NULL;
+                for (int i = 0; i < REQ_CHUNK; i++) {
+                        ev_timer_init(&chunk[i].timer, req_on_deadline, 0., 0.);
+                        chunk[i].next = req_free_list;
+                        req_free_list = &chunk[i];
+                }
+        }
+        struct req *r = req_free_list;
+        req_free_list = r->next;
+        return r;
+}
+
+static struct req *
+req_new(struct conn *c, uint32_t msgid, enum rpc_method m)
+{
+        struct req *r = req_alloc();
+
+        if (r == NULL)
+                return NULL;
+        r->conn = c;
+        r->msgid = msgid;
+        r->method = m;
+        r->aux = 0;
+        r->prev = NULL;
+        r->next = c->reqs;
+        if (c->reqs != NULL)
+                c->reqs->prev = r;
+        c->reqs = r;
+        c->n_inflight++;
+        stats.inflight++;
+        return r;
+}
+
+/* Unlinks and recycles r; its generation moves on so late replies miss it. */
+static void
+req_release(struct req *r)
+{
+        struct conn *c = r->conn;
+
+        ev_timer_stop(c->srv->loop, &r->timer);
+        if (r->prev != NULL)
+                r->prev->next = r->next;
+        else
+                c->reqs = r->next;
+        if (r->next != NULL)
+                r->next->prev = r->prev;
+        c->n_inflight--;
+        stats.inflight--;
+        r->gen++;
+        r->conn = NULL;
+        r->next = req_free_list;
+        req_free_list = r;
+}
+
+msgpack_packer *
+req_result(struct req *r)
+{
+        rpc_pack_result_head(&r->conn->pk, r->msgid);
+        return &r->conn->pk;
+}
+
+void
+req_done(struct req *r)
+{
+        struct conn *c = r->conn;
+
+        req_release(r);
+        conn_on_request_done(c);
+}
+
+void
+req_fail(struct req *r, enum rpc_error code, const char *fmt, ...)
+{
+        struct conn *c = r->conn;
+        char msg[512];
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        va_end(ap);
+        stats.errors_by_code[code]++;
+        rpc_pack_error(&c->pk, r->msgid, code, msg);
+        req_release(r);
+        conn_on_request_done(c);
+}
+
+void
+req_start_deadline(struct req *r, int timeout_ms)
+{
+        ev_timer_set(&r->timer, timeout_ms / 1000.0, 0.);
+        ev_timer_start(r->conn->srv->loop, &r->timer);
+}
+
+static void
+req_on_deadline(struct ev_loop *loop, ev_timer *w, int revents)
+{
+        struct req *r = (struct req *)((char *)w - offsetof(struct req, timer));
+
+        req_fail(r, RPC_ERR_TIMEOUT, "no answer from Redis within command_timeout_ms (%d ms)",
+                 r->conn->srv->cfg->command_timeout_ms);
+}
+
+struct req *
+req_lookup(void *priv, uint32_t gen)
+{
+        struct req *r = priv;
+
+        if (r->gen != gen || r->conn == NULL) {
+                stats.late_redis_replies++;
+                return NULL;
+        }
+        return r;
+}
+
+void
+req_abandon(struct req *r)
+{
+        req_release(r);
+}
+
+void
+dispatch_fail_all(struct conn *c, const char *why)
+{
+        while (c->reqs != NULL)
+                req_fail(c->reqs, RPC_ERR_UNAVAILABLE, "%s", why);
+}
+
+/* Parses the trailing options map against the method's allowed options. */
+static int
+parse_opts(const msgpack_object *map, unsigned allowed, struct opts *o, const char **why)
+{
+        static char msg[160];
+
+        for (uint32_t i = 0; i < map->via.map.size; i++) {
+                const msgpack_object *k = &map->via.map.ptr[i].key;
+                const msgpack_object *v = &map->via.map.ptr[i].val;
+                const char *name;
+                size_t len;
+                int opt;
+
+                if (!rpc_obj_bytes(k, &name, &len)) {
+                        *why = "option names must be strings";
+                        return -1;
+                }
+                opt = rpc_option_find(name, len);
+                if (opt < 0 || !(allowed & KC_OPT_BIT(opt))) {
+                        snprintf(msg, sizeof(msg), "unknown option '%.*s'", len > 64 ? 64 : (int)len,
+                                 name);
+                        *why = msg;
+                        return -1;
+                }
+                if (o->present & KC_OPT_BIT(opt)) {
+                        snprintf(msg, sizeof(msg), "duplicate option '%s'", rpc_options[opt].name);
+                        *why = msg;
+                        return -1;
+                }
+                switch (rpc_options[opt].type) {
+                case OPT_INT:
+                        if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+                                o->i[opt] = v->via.u64 > INT64_MAX ? INT64_MAX : (int64_t)v->via.u64;
+                        } else if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
+                                o->i[opt] = v->via.i64;
+                        } else {
+                                snprintf(msg, sizeof(msg), "option '%s' must be an integer",
+                                         rpc_options[opt].name);
+                                *why = msg;
+                                return -1;
+                        }
+                        break;
+                case OPT_STR:
+                        if (!rpc_obj_bytes(v, &o->s[opt].p, &o->s[opt].n)) {
+                                snprintf(msg, sizeof(msg), "option '%s' must be a string",
+                                         rpc_options[opt].name);
+                                *why = msg;
+                                return -1;
+                        }
+                        break;
+                case OPT_BOOL:
+                        if (v->type != MSGPACK_OBJECT_BOOLEAN) {
+                                snprintf(msg, sizeof(msg), "option '%s' must be a boolean",
+                                         rpc_options[opt].name);
+                                *why = msg;
+                                return -1;
+                        }
+                        o->b[opt] = v->via.boolean;
+                        break;
+                }
+                o->present |= KC_OPT_BIT(opt);
+        }
+        return 0;
+}
+
+static void
+dispatch_request(struct conn *c, const struct rpc_msg *m)
+{
+        const struct rpc_method_info *mi;
+        const msgpack_object_array *params = &m->params->via.array;
+        struct opts o = {0};
+        const char *why = NULL;
+        struct req *r;
+        int mid;
+
+        mid = rpc_method_find(m->method, m->method_len);
+        r = req_new(c, m->msgid, mid < 0 ? RPC_M_ping : (enum rpc_method)mid);
+        if (r == NULL) {
+                conn_close(c, "out of memory");
+                return;
+        }
+        if (mid < 0) {
+                req_fail(r, RPC_ERR_NO_METHOD, "no method '%.*s'",
+                         m->method_len > 64 ? 64 : (int)m->method_len, m->method);
+                return;
+        }
+        stats.requests_by_method[mid]++;
+        mi = &rpc_methods[mid];
+        if (params->size == mi->n_args + 1) {
+                const msgpack_object *last = &params->ptr[mi->n_args];
+                if (last->type == MSGPACK_OBJECT_MAP) {
+                        if (parse_opts(last, mi->opts, &o, &why) < 0) {
+                                req_fail(r, RPC_ERR_BAD_REQUEST, "%s: %s", mi->name, why);
+                                return;
+                        }
+                } else if (last->type != MSGPACK_OBJECT_NIL) {
+                        req_fail(r, RPC_ERR_BAD_REQUEST, "%s: the last parameter must be an options map",
+                                 mi->name);
+                        return;
+                }
+        } else if (params->size != mi->n_args) {
+                req_fail(r, RPC_ERR_BAD_REQUEST, "%s: expects params %s, got %u element(s)", mi->name,
+                         mi->params, params->size);
+                return;
+        }
+        handlers[mid](r, params->ptr, &o);
+}
+
+void
+dispatch_message(struct conn *c, const msgpack_object *obj)
+{
+        struct rpc_msg m = {.type = RPC_RESPONSE}; /* what rpc_parse leaves unset routes to junk */
+        const char *why = "not a msgpack-RPC message";
+        int r = rpc_parse(obj, &m, &why);
+
+        if (r == RPC_OK && m.type == RPC_REQUEST) {
+                stats.requests++;
+                dispatch_request(c, &m);
+                return;
+        }
+        if (m.type == RPC_NOTIFY && r != RPC_E_NO_MSGID) {
+                /* Generic clients send these (client info on connect): never an error. */
+                stats.notifications++;
+                if (r != RPC_OK)
+                        stats.protocol_errors++;
+                return;
+        }
+        if (r == RPC_E_BAD && m.type == RPC_REQUEST) {
+                struct req *q;
+                stats.requests++;
+                q = req_new(c, m.msgid, RPC_M_ping);
+                if (q == NULL) {
+                        conn_close(c, "out of memory");
+                        return;
+                }
+                req_fail(q, RPC_ERR_BAD_REQUEST, "%s", why);
+                return;
+        }
+        stats.protocol_errors++;
+        if (log_ratelimit(&dispatch_log_limit, 10))
+                log_warn("dispatch", "bad_message", "dispatch: client %llu: %s",
+                         (unsigned long long)c->id, why);
+        if (r == RPC_E_NO_MSGID && obj->type == MSGPACK_OBJECT_ARRAY && obj->via.array.size >= 1 &&
+            obj->via.array.ptr[0].type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
+            obj->via.array.ptr[0].via.u64 == RPC_REQUEST) {
+                /* A request whose msgid we cannot echo: no reply can be matched to it. */
+                conn_close(c, "request without a valid msgid");
+                return;
+        }
+        stats.errors_by_code[RPC_ERR_BAD_REQUEST]++;
+        rpc_pack_error_notify(&c->pk, RPC_ERR_BAD_REQUEST, why);
+        conn_mark_dirty(c);
+}

@@ -1,1 +1,95 @@
 /* SPDX-License-Identifier: MIT */
+/*
+ * kcached: entry point. Parses argv, loads the configuration, and runs the
+ * server in the foreground (supervisors such as systemd own daemonizing).
+ *   kcached -c FILE        run
+ *   kcached -t -c FILE     check FILE, print the running config with sources
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/config.h"
+#include "daemon/log.h"
+#include "daemon/server.h"
+#include "kcache-version.h"
+
+static void
+usage(FILE *out)
+{
+        fprintf(out, "usage: kcached [-t] [-c FILE]\n"
+                     "  -c, --config FILE  INI configuration (default: none, built-in defaults)\n"
+                     "  -t, --test         check the configuration, print it with sources, exit\n"
+                     "  -V, --version      print the version\n"
+                     "  -h, --help         this text\n");
+}
+
+int
+main(int argc, char **argv)
+{
+        static const struct option longopts[] = {
+                {"config", required_argument, NULL, 'c'},
+                {"test", no_argument, NULL, 't'},
+                {"version", no_argument, NULL, 'V'},
+                {"help", no_argument, NULL, 'h'},
+                {NULL, 0, NULL, 0},
+        };
+        const char *path = NULL;
+        bool test_only = false;
+        struct config cfg;
+        struct server srv;
+        char err[512];
+        int ch, rc;
+
+        while ((ch = getopt_long(argc, argv, "c:tVh", longopts, NULL)) != -1) {
+                switch (ch) {
+                case 'c':
+                        path = optarg;
+                        break;
+                case 't':
+                        test_only = true;
+                        break;
+                case 'V':
+                        printf("kcached %s\n", KCACHE_VERSION);
+                        return 0;
+                case 'h':
+                        usage(stdout);
+                        return 0;
+                default:
+                        usage(stderr);
+                        return 2;
+                }
+        }
+        if (optind != argc) {
+                usage(stderr);
+                return 2;
+        }
+        if (config_load(&cfg, path, err, sizeof(err)) < 0) {
+                fprintf(stderr, "kcached: %s\n", err);
+                return 1;
+        }
+        if (test_only) {
+                config_dump(&cfg, stdout);
+                fprintf(stderr, "kcached: configuration %s is valid\n", path ? path : "(defaults)");
+                config_deinit(&cfg);
+                return 0;
+        }
+        log_set_level(cfg.log_level);
+        struct ev_loop *loop = ev_default_loop(EVFLAG_AUTO);
+        if (loop == NULL) {
+                fprintf(stderr, "kcached: cannot initialise libev\n");
+                return 1;
+        }
+        if (server_init(&srv, loop, &cfg, err, sizeof(err)) < 0) {
+                log_error("server", "start_failed", "server: %s", err);
+                fprintf(stderr, "kcached: %s\n", err);
+                config_deinit(&cfg);
+                return 1;
+        }
+        rc = server_run(&srv);
+        server_deinit(&srv);
+        config_deinit(&cfg);
+        ev_loop_destroy(loop);
+        return rc;
+}

@@ -1,1 +1,375 @@
 /* SPDX-License-Identifier: MIT */
+/*
+ * rconn: one Redis connection on libev (see rconn.h for the flow).
+ *
+ * Invariants:
+ *  - q holds one entry per command handed to the socket or queued in out,
+ *    in order; Redis answers in order, so the head owns the next reply.
+ *  - Outside IDLE, fd is open and rio is started.
+ *  - rconn_close() empties q before reporting DOWN, so every fn is called
+ *    exactly once even if the owner reconnects from inside on_state.
+ */
+#include "daemon/rconn.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "daemon/log.h"
+#include "daemon/stats.h"
+
+#define RCONN_READ_CHUNK (64 * 1024)
+
+static struct rconn *rconn_dirty_head;
+
+/*
+ * Reader guard: hiredis 0.14.1 callocs elements * 8 bytes for an array header
+ * before any element arrives (`*2147483647` asks for 16 GiB), so arrays are
+ * capped here, delegating to the default functions the reader came with.
+ */
+static redisReplyObjectFunctions rconn_default_fns;
+static redisReplyObjectFunctions rconn_guarded_fns;
+
+static void *
+rconn_create_array(const redisReadTask *task, int elements)
+{
+        if (elements < 0 || elements > RCONN_MAX_REPLY_ELEMENTS)
+                return NULL; /* the reader reports "out of memory": a node failure */
+        return rconn_default_fns.createArray(task, elements);
+}
+
+static redisReader *
+rconn_reader_new(void)
+{
+        redisReader *r = redisReaderCreate();
+
+        if (r == NULL)
+                return NULL;
+        if (rconn_default_fns.createArray == NULL) {
+                rconn_default_fns = *r->fn;
+                rconn_guarded_fns = rconn_default_fns;
+                rconn_guarded_fns.createArray = rconn_create_array;
+        }
+        r->fn = &rconn_guarded_fns;
+        return r;
+}
+
+static void rconn_on_read(struct ev_loop *loop, ev_io *w, int revents);
+static void rconn_on_write(struct ev_loop *loop, ev_io *w, int revents);
+static void rconn_on_timer(struct ev_loop *loop, ev_timer *w, int revents);
+
+void
+rconn_init(struct rconn *rc, struct ev_loop *loop, rconn_state_fn on_state, void *owner,
+           const char *name)
+{
+        memset(rc, 0, sizeof(*rc));
+        rc->loop = loop;
+        rc->fd = -1;
+        rc->on_state = on_state;
+        rc->owner = owner;
+        buf_init(&rc->out);
+        ev_io_init(&rc->rio, rconn_on_read, -1, EV_READ);
+        ev_io_init(&rc->wio, rconn_on_write, -1, EV_WRITE);
+        ev_timer_init(&rc->timer, rconn_on_timer, 0., 0.);
+        snprintf(rc->name, sizeof(rc->name), "%s", name);
+}
+
+void
+rconn_deinit(struct rconn *rc)
+{
+        rc->on_state = NULL;
+        if (rc->state != RCONN_IDLE)
+                rconn_close(rc, "shutting down");
+        buf_deinit(&rc->out);
+        free(rc->q);
+        rc->q = NULL;
+}
+
+static void
+rconn_mark_dirty(struct rconn *rc)
+{
+        if (rc->is_dirty)
+                return;
+        rc->is_dirty = true;
+        rc->flush_next = rconn_dirty_head;
+        rconn_dirty_head = rc;
+}
+
+static int
+rconn_q_push(struct rconn *rc, rconn_reply_fn fn, void *priv, uint32_t gen, unsigned n_replies)
+{
+        if (rc->q_len == rc->q_cap) {
+                size_t cap = rc->q_cap ? rc->q_cap * 2 : 64;
+                struct rconn_pending *q = malloc(cap * sizeof(*q));
+                if (q == NULL)
+                        return -ENOMEM;
+                for (size_t i = 0; i < rc->q_len; i++)
+                        q[i] = rc->q[(rc->q_head + i) % rc->q_cap];
+                free(rc->q);
+                rc->q = q;
+                rc->q_cap = cap;
+                rc->q_head = 0;
+        }
+        rc->q[(rc->q_head + rc->q_len) % rc->q_cap] = (struct rconn_pending){fn, priv, gen, n_replies};
+        rc->q_len++;
+        return 0;
+}
+
+int
+rconn_connect(struct rconn *rc, const struct sockaddr *addr, socklen_t len, const char *handshake,
+              size_t handshake_len, unsigned n_handshake, int timeout_ms)
+{
+        int fd, r;
+
+        if (rc->state != RCONN_IDLE)
+                return -EALREADY;
+        fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd == -1)
+                return -errno;
+        if (addr->sa_family != AF_UNIX) {
+                int one = 1;
+                (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        }
+        rc->reader = rconn_reader_new();
+        if (rc->reader == NULL) {
+                close(fd);
+                return -ENOMEM;
+        }
+        buf_clear(&rc->out);
+        if (handshake_len > 0 && buf_append(&rc->out, handshake, handshake_len) < 0) {
+                redisReaderFree(rc->reader);
+                rc->reader = NULL;
+                close(fd);
+                return -ENOMEM;
+        }
+        rc->n_handshake = n_handshake;
+        rc->fd = fd;
+        rc->state = RCONN_CONNECTING;
+        ev_io_set(&rc->rio, fd, EV_READ);
+        ev_io_set(&rc->wio, fd, EV_WRITE);
+        ev_io_start(rc->loop, &rc->rio);
+        ev_timer_set(&rc->timer, timeout_ms / 1000.0, 0.);
+        ev_timer_start(rc->loop, &rc->timer);
+
+        r = connect(fd, addr, len);
+        if (r == -1 && errno != EINPROGRESS) {
+                char why[200];
+                snprintf(why, sizeof(why), "connect: %s", strerror(errno));
+                rconn_close(rc, why);
+                return 0; /* reported through on_state, like an asynchronous failure */
+        }
+        /* Completion (or failure) shows up as writability. */
+        ev_io_start(rc->loop, &rc->wio);
+        return 0;
+}
+
+int
+rconn_send(struct rconn *rc, const char *cmd, size_t len, unsigned n_replies, rconn_reply_fn fn,
+           void *priv, uint32_t gen)
+{
+        if (rc->state != RCONN_UP)
+                return -ENOTCONN;
+        if (buf_append(&rc->out, cmd, len) < 0)
+                return -ENOMEM;
+        if (rconn_q_push(rc, fn, priv, gen, n_replies) < 0) {
+                rc->out.len -= len;
+                return -ENOMEM;
+        }
+        rconn_mark_dirty(rc);
+        return 0;
+}
+
+void
+rconn_close(struct rconn *rc, const char *why)
+{
+        if (rc->state == RCONN_IDLE)
+                return;
+        ev_io_stop(rc->loop, &rc->rio);
+        ev_io_stop(rc->loop, &rc->wio);
+        ev_timer_stop(rc->loop, &rc->timer);
+        close(rc->fd);
+        rc->fd = -1;
+        if (rc->state == RCONN_UP)
+                stats.redis_disconnects++;
+        rc->state = RCONN_IDLE;
+        if (rc->reader != NULL) {
+                redisReaderFree(rc->reader);
+                rc->reader = NULL;
+        }
+        buf_clear(&rc->out);
+        buf_shrink(&rc->out, 0);
+        /* Fail the queue before reporting DOWN: the owner may reconnect from on_state. */
+        while (rc->q_len > 0) {
+                struct rconn_pending p = rc->q[rc->q_head];
+                rc->q_head = (rc->q_head + 1) % rc->q_cap;
+                rc->q_len--;
+                p.fn(p.priv, p.gen, NULL, RCONN_E_DOWN);
+        }
+        if (rc->on_state != NULL)
+                rc->on_state(rc, RCONN_EV_DOWN, why);
+}
+
+static void
+rconn_fail_errno(struct rconn *rc, const char *what, int err)
+{
+        char why[200];
+
+        snprintf(why, sizeof(why), "%s: %s", what, strerror(err));
+        rconn_close(rc, why);
+}
+
+/* Writes out; on a short write waits for EV_WRITE. 0, or -1 when closed. */
+static int
+rconn_flush(struct rconn *rc)
+{
+        while (buf_size(&rc->out) > 0) {
+                ssize_t n = write(rc->fd, buf_head(&rc->out), buf_size(&rc->out));
+                if (n == -1) {
+                        if (errno == EINTR)
+                                continue;
+                        if (errno == EAGAIN) {
+                                ev_io_start(rc->loop, &rc->wio);
+                                return 0;
+                        }
+                        rconn_fail_errno(rc, "write", errno);
+                        return -1;
+                }
+                buf_consume(&rc->out, (size_t)n);
+        }
+        ev_io_stop(rc->loop, &rc->wio);
+        return 0;
+}
+
+void
+rconn_flush_all(void)
+{
+        while (rconn_dirty_head != NULL) {
+                struct rconn *rc = rconn_dirty_head;
+                rconn_dirty_head = rc->flush_next;
+                rc->is_dirty = false;
+                if (rc->state == RCONN_UP)
+                        (void)rconn_flush(rc);
+        }
+}
+
+static void
+rconn_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+        struct rconn *rc = (struct rconn *)((char *)w - offsetof(struct rconn, timer));
+
+        rconn_close(rc, rc->state == RCONN_CONNECTING ? "connect: timed out"
+                                                      : "handshake: timed out");
+}
+
+static void
+rconn_on_write(struct ev_loop *loop, ev_io *w, int revents)
+{
+        struct rconn *rc = (struct rconn *)((char *)w - offsetof(struct rconn, wio));
+
+        if (rc->state == RCONN_CONNECTING) {
+                int err = 0;
+                socklen_t len = sizeof(err);
+                if (getsockopt(rc->fd, SOL_SOCKET, SO_ERROR, &err, &len) == -1)
+                        err = errno;
+                if (err != 0) {
+                        rconn_fail_errno(rc, "connect", err);
+                        return;
+                }
+                rc->state = RCONN_HANDSHAKE;
+                if (rc->n_handshake == 0) {
+                        ev_timer_stop(loop, &rc->timer);
+                        rc->state = RCONN_UP;
+                        stats.redis_connects++;
+                        if (rc->on_state != NULL)
+                                rc->on_state(rc, RCONN_EV_UP, NULL);
+                        if (rc->state != RCONN_UP)
+                                return;
+                }
+        }
+        (void)rconn_flush(rc);
+}
+
+/* One reply for the queue head (or the handshake). 0, or -1 when closed. */
+static int
+rconn_dispatch(struct rconn *rc, redisReply *reply)
+{
+        if (rc->state == RCONN_HANDSHAKE) {
+                if (reply->type == REDIS_REPLY_ERROR) {
+                        char why[300];
+                        snprintf(why, sizeof(why), "handshake: %.*s", (int)reply->len, reply->str);
+                        rconn_close(rc, why);
+                        return -1;
+                }
+                if (--rc->n_handshake == 0) {
+                        ev_timer_stop(rc->loop, &rc->timer);
+                        rc->state = RCONN_UP;
+                        stats.redis_connects++;
+                        if (rc->on_state != NULL)
+                                rc->on_state(rc, RCONN_EV_UP, NULL);
+                        if (rc->state != RCONN_UP)
+                                return -1;
+                }
+                return 0;
+        }
+        if (rc->q_len == 0) {
+                rconn_close(rc, "protocol: reply without a command");
+                return -1;
+        }
+        struct rconn_pending *p = &rc->q[rc->q_head];
+        if (--p->n_replies > 0)
+                return 0;
+        struct rconn_pending done = *p;
+        rc->q_head = (rc->q_head + 1) % rc->q_cap;
+        rc->q_len--;
+        done.fn(done.priv, done.gen, reply, 0);
+        return rc->state == RCONN_UP ? 0 : -1;
+}
+
+static void
+rconn_on_read(struct ev_loop *loop, ev_io *w, int revents)
+{
+        struct rconn *rc = (struct rconn *)((char *)w - offsetof(struct rconn, rio));
+        char chunk[RCONN_READ_CHUNK];
+        ssize_t n;
+
+        if (rc->state == RCONN_CONNECTING)
+                return; /* wait for writability to learn the connect result */
+        n = read(rc->fd, chunk, sizeof(chunk));
+        if (n == 0) {
+                rconn_close(rc, "read: connection closed by Redis");
+                return;
+        }
+        if (n == -1) {
+                if (errno == EAGAIN || errno == EINTR)
+                        return;
+                rconn_fail_errno(rc, "read", errno);
+                return;
+        }
+        if (redisReaderFeed(rc->reader, chunk, (size_t)n) != REDIS_OK) {
+                rconn_close(rc, "protocol: reader feed failed");
+                return;
+        }
+        for (;;) {
+                void *reply = NULL;
+                if (redisReaderGetReply(rc->reader, &reply) != REDIS_OK) {
+                        char why[200];
+                        snprintf(why, sizeof(why), "protocol: %s (reply refused)",
+                                 rc->reader->errstr);
+                        rconn_close(rc, why);
+                        return;
+                }
+                if (reply == NULL)
+                        break;
+                int r = rconn_dispatch(rc, reply);
+                freeReplyObject(reply);
+                if (r < 0)
+                        return;
+        }
+        /* A reply that is still incomplete may not grow the buffer without bound. */
+        if (rc->reader->len - rc->reader->pos > RCONN_MAX_REPLY_BYTES)
+                rconn_close(rc, "protocol: reply larger than the limit (reply refused)");
+}

@@ -1,1 +1,284 @@
 /* SPDX-License-Identifier: MIT */
+/*
+ * server: listener, signals, drain, and the per-iteration flush (server.h).
+ *
+ * Start-up on the socket path: a live kcached answering there is never
+ * disturbed (we refuse to start); a stale socket file left by a crash is
+ * removed; any other kind of file is left alone and reported. The socket is
+ * bound under umask 0177 and then given socket_mode, so it is never briefly
+ * open to everyone.
+ *
+ * Drain (SIGTERM/SIGINT): stop listening and unlink the path at once, let
+ * each connection finish what it has in flight and what it already sent,
+ * close connections as they become idle, and at drain_timeout_ms answer
+ * whatever remains UNAVAILABLE and stop.
+ */
+#include "daemon/server.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "daemon/backend.h"
+#include "daemon/cache.h"
+#include "daemon/conn.h"
+#include "daemon/dispatch.h"
+#include "daemon/log.h"
+#include "daemon/rconn.h"
+#include "daemon/resolve.h"
+#include "daemon/stats.h"
+
+#define SERVER_ACCEPT_BATCH 64
+
+#define server_of(ptr, member) ((struct server *)((char *)(ptr) - offsetof(struct server, member)))
+
+static int
+server_prepare_path(const char *path, char *err, size_t errlen)
+{
+        struct sockaddr_un sun = {.sun_family = AF_UNIX};
+        struct stat st;
+        int fd;
+
+        if (lstat(path, &st) == -1) {
+                if (errno == ENOENT)
+                        return 0;
+                snprintf(err, errlen, "socket %s: %s", path, strerror(errno));
+                return -1;
+        }
+        if (!S_ISSOCK(st.st_mode)) {
+                snprintf(err, errlen, "socket %s: exists and is not a socket; not touching it", path);
+                return -1;
+        }
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd == -1) {
+                snprintf(err, errlen, "socket: %s", strerror(errno));
+                return -1;
+        }
+        snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path);
+        if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0) {
+                close(fd);
+                snprintf(err, errlen, "socket %s is in use by a running kcached; not starting", path);
+                return -1;
+        }
+        close(fd);
+        if (errno != ECONNREFUSED) {
+                snprintf(err, errlen, "socket %s: probing it: %s", path, strerror(errno));
+                return -1;
+        }
+        /* Nobody listens: a stale file from an earlier run. */
+        if (unlink(path) == -1 && errno != ENOENT) {
+                snprintf(err, errlen, "socket %s: removing stale file: %s", path, strerror(errno));
+                return -1;
+        }
+        log_info("server", "stale_socket", "server: removed stale socket %s", path);
+        return 0;
+}
+
+static int
+server_listen(struct server *srv, char *err, size_t errlen)
+{
+        const char *path = srv->cfg->socket;
+        struct sockaddr_un sun = {.sun_family = AF_UNIX};
+        mode_t old;
+        int fd;
+
+        if (strlen(path) >= sizeof(sun.sun_path)) {
+                snprintf(err, errlen, "socket %s: path too long", path);
+                return -1;
+        }
+        if (server_prepare_path(path, err, errlen) < 0)
+                return -1;
+        snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd == -1) {
+                snprintf(err, errlen, "socket: %s", strerror(errno));
+                return -1;
+        }
+        old = umask(0177);
+        if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) == -1) {
+                umask(old);
+                snprintf(err, errlen, "socket %s: bind: %s", path, strerror(errno));
+                close(fd);
+                return -1;
+        }
+        umask(old);
+        if (chmod(path, srv->cfg->socket_mode) == -1 || listen(fd, 1024) == -1) {
+                snprintf(err, errlen, "socket %s: %s", path, strerror(errno));
+                unlink(path);
+                close(fd);
+                return -1;
+        }
+        srv->lfd = fd;
+        srv->is_listening = true;
+        return 0;
+}
+
+static void
+server_stop_listening(struct server *srv)
+{
+        if (!srv->is_listening)
+                return;
+        ev_io_stop(srv->loop, &srv->lio);
+        close(srv->lfd);
+        srv->lfd = -1;
+        unlink(srv->cfg->socket);
+        srv->is_listening = false;
+}
+
+static void
+server_on_accept(struct ev_loop *loop, ev_io *w, int revents)
+{
+        struct server *srv = server_of(w, lio);
+
+        for (int i = 0; i < SERVER_ACCEPT_BATCH; i++) {
+                int fd = accept4(srv->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                if (fd == -1) {
+                        if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+                                log_warn("server", "accept", "server: accept: %s", strerror(errno));
+                        return;
+                }
+                conn_accept(srv, fd);
+        }
+}
+
+/* Once per loop iteration, before blocking: write what this iteration queued. */
+static void
+server_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+        struct server *srv = server_of(w, flush);
+
+        rconn_flush_all();
+        while (srv->dirty != NULL) {
+                struct conn *c = srv->dirty;
+                srv->dirty = c->dirty_next;
+                c->is_dirty = false;
+                (void)conn_flush(c);
+        }
+        while (srv->dead != NULL) {
+                struct conn *c = srv->dead;
+                srv->dead = c->next;
+                conn_free(c);
+        }
+}
+
+void
+server_check_drained(struct server *srv)
+{
+        if (srv->is_draining && srv->conns == NULL)
+                ev_break(srv->loop, EVBREAK_ALL);
+}
+
+static void
+server_on_drain_timeout(struct ev_loop *loop, ev_timer *w, int revents)
+{
+        struct server *srv = server_of(w, drain_timer);
+
+        log_warn("server", "drain_timeout", "server: drain_timeout_ms passed with %u client(s) open",
+                 srv->n_clients);
+        for (struct conn *c = srv->conns; c != NULL; c = c->next)
+                dispatch_fail_all(c, "kcached is shutting down");
+        for (struct conn *c = srv->conns; c != NULL; c = c->next)
+                (void)conn_flush(c); /* best effort: one write each, then we leave */
+        while (srv->conns != NULL)
+                conn_close(srv->conns, "shutting down");
+        ev_break(loop, EVBREAK_ALL);
+}
+
+static void
+server_on_signal(struct ev_loop *loop, ev_signal *w, int revents)
+{
+        struct server *srv = w->signum == SIGTERM ? server_of(w, sig_term) : server_of(w, sig_int);
+        struct conn *c, *next;
+
+        if (srv->is_draining)
+                return;
+        log_info("server", "drain", "server: signal %d: draining %u client(s)", w->signum,
+                 srv->n_clients);
+        srv->is_draining = true;
+        server_stop_listening(srv);
+        ev_timer_set(&srv->drain_timer, srv->cfg->drain_timeout_ms / 1000.0, 0.);
+        ev_timer_start(loop, &srv->drain_timer);
+        for (c = srv->conns; c != NULL; c = next) {
+                next = c->next;
+                conn_drain(c);
+        }
+        server_check_drained(srv);
+}
+
+int
+server_init(struct server *srv, struct ev_loop *loop, const struct config *cfg, char *err,
+            size_t errlen)
+{
+        memset(srv, 0, sizeof(*srv));
+        srv->loop = loop;
+        srv->cfg = cfg;
+        srv->lfd = -1;
+        srv->started = ev_now(loop);
+        srv->limits.max_bytes = (size_t)cfg->max_request_bytes;
+        srv->limits.max_nesting = (unsigned)cfg->max_nesting;
+        /* mset's map counts keys and values; room for the envelope and options. */
+        srv->limits.max_elems = 2 * (size_t)cfg->max_batch_keys + 64;
+        if (!msgpack_zone_init(&srv->zone, 64 * 1024)) {
+                snprintf(err, errlen, "out of memory");
+                return -1;
+        }
+        if (resolve_init(loop) < 0 || backend_new(&srv->be, loop, cfg) < 0) {
+                snprintf(err, errlen, "out of memory");
+                msgpack_zone_destroy(&srv->zone);
+                return -1;
+        }
+        cache_init(srv);
+        if (server_listen(srv, err, errlen) < 0) {
+                srv->be = backend_free(srv->be);
+                msgpack_zone_destroy(&srv->zone);
+                return -1;
+        }
+        ev_io_init(&srv->lio, server_on_accept, srv->lfd, EV_READ);
+        ev_signal_init(&srv->sig_term, server_on_signal, SIGTERM);
+        ev_signal_init(&srv->sig_int, server_on_signal, SIGINT);
+        ev_prepare_init(&srv->flush, server_on_prepare);
+        ev_timer_init(&srv->drain_timer, server_on_drain_timeout, 0., 0.);
+        return 0;
+}
+
+int
+server_run(struct server *srv)
+{
+        signal(SIGPIPE, SIG_IGN);
+        ev_signal_start(srv->loop, &srv->sig_term);
+        ev_signal_start(srv->loop, &srv->sig_int);
+        ev_prepare_start(srv->loop, &srv->flush);
+        backend_start(srv->be);
+        ev_io_start(srv->loop, &srv->lio);
+        log_info("server", "listening", "server: listening on %s", srv->cfg->socket);
+        ev_run(srv->loop, 0);
+        log_info("server", "exit", "server: stopped");
+        return 0;
+}
+
+void
+server_deinit(struct server *srv)
+{
+        server_stop_listening(srv);
+        while (srv->conns != NULL)
+                conn_close(srv->conns, "shutting down");
+        while (srv->dead != NULL) {
+                struct conn *c = srv->dead;
+                srv->dead = c->next;
+                conn_free(c);
+        }
+        ev_prepare_stop(srv->loop, &srv->flush);
+        ev_signal_stop(srv->loop, &srv->sig_term);
+        ev_signal_stop(srv->loop, &srv->sig_int);
+        ev_timer_stop(srv->loop, &srv->drain_timer);
+        srv->be = backend_free(srv->be);
+        resolve_deinit();
+        msgpack_zone_destroy(&srv->zone);
+}

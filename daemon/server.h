@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * server: the event loop's top level. Owns the listening Unix socket, the
+ * list of client connections, signal handling and the drain on shutdown, and
+ * the once-per-iteration flush (an ev_prepare that writes what requests and
+ * Redis commands queued during the iteration: one write per socket).
+ *
+ *   accept -> conn (read, frame, decode) -> dispatch -> cache handler
+ *          -> backend -> rconn ... reply -> req -> conn out buf -> flush
+ */
+#ifndef KCACHE_SERVER_H
+#define KCACHE_SERVER_H
+
+#include <ev.h>
+#include <msgpack.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "daemon/config.h"
+#include "scan.h"
+
+struct backend;
+struct conn;
+
+struct server {
+        struct ev_loop *loop;     /* ref */
+        const struct config *cfg; /* ref, outlives the server */
+        struct backend *be;       /* owned */
+        int lfd;
+        ev_io lio;
+        ev_signal sig_term;
+        ev_signal sig_int;
+        ev_prepare flush;
+        ev_timer drain_timer;
+        struct conn *conns;  /* owned, doubly linked */
+        struct conn *dirty;  /* refs: conns with output to write this iteration */
+        struct conn *dead;   /* owned: closed conns freed in the prepare hook */
+        unsigned n_clients;
+        uint64_t next_conn_id;
+        struct scan_limits limits;
+        msgpack_zone zone; /* decoded requests live here only while dispatched */
+        bool is_draining;
+        bool is_listening;
+        double started;
+};
+
+/* 0, or -1 with a reason in err (socket in use, bind failed...). */
+int server_init(struct server *srv, struct ev_loop *loop, const struct config *cfg, char *err,
+                size_t errlen);
+void server_deinit(struct server *srv);
+
+/* Runs the loop until drained after SIGTERM/SIGINT. Returns the exit code. */
+int server_run(struct server *srv);
+
+/* Called by conn when a drained connection goes away, to end the loop. */
+void server_check_drained(struct server *srv);
+
+#endif
