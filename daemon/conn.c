@@ -26,6 +26,13 @@
 #define CONN_READ_MIN   (64 * 1024)
 #define CONN_IDLE_KEEP  (16 * 1024)
 #define CONN_CLOSE_WAIT 1.0 /* seconds to flush a final error to a peer that does not read */
+/*
+ * Backpressure: past either mark kcached stops reading from the client (and
+ * stops executing requests already buffered) until answers drain, instead of
+ * queueing without bound. The hardening issue makes both configurable.
+ */
+#define CONN_MAX_INFLIGHT 4096
+#define CONN_OUT_HIGH     (32u << 20)
 
 #define conn_of(ptr, member) ((struct conn *)((char *)(ptr) - offsetof(struct conn, member)))
 
@@ -34,6 +41,13 @@ static struct log_limit conn_log_limit;
 static void conn_on_read(struct ev_loop *loop, ev_io *w, int revents);
 static void conn_on_write(struct ev_loop *loop, ev_io *w, int revents);
 static void conn_on_close_timer(struct ev_loop *loop, ev_timer *w, int revents);
+static void conn_unthrottle(struct conn *c);
+
+static bool
+conn_over_limits(const struct conn *c)
+{
+        return c->n_inflight >= CONN_MAX_INFLIGHT || buf_size(&c->out) >= CONN_OUT_HIGH;
+}
 
 static int
 conn_pack_write(void *data, const char *p, size_t n)
@@ -161,6 +175,8 @@ conn_flush(struct conn *c)
         }
         ev_io_stop(c->srv->loop, &c->wio);
         buf_shrink(&c->out, CONN_IDLE_KEEP);
+        if (c->is_throttled && !conn_over_limits(c))
+                conn_unthrottle(c);
         if (c->is_closing && c->n_inflight == 0) {
                 conn_close(c, "closed after final reply");
                 return -1;
@@ -201,13 +217,20 @@ conn_stream_error(struct conn *c, int scan_err)
         conn_close(c, scan_strerror(scan_err));
 }
 
-/* Frames and dispatches every complete request in c->in. */
+/* Frames and dispatches every complete request in c->in, unless throttled. */
 static void
 conn_process(struct conn *c)
 {
         struct server *srv = c->srv;
 
         while (!c->is_dead && !c->is_closing && buf_size(&c->in) > 0) {
+                if (conn_over_limits(c)) {
+                        if (!c->is_throttled) {
+                                c->is_throttled = true;
+                                ev_io_stop(srv->loop, &c->rio);
+                        }
+                        return;
+                }
                 size_t flen = 0, off = 0;
                 msgpack_object obj;
                 int r = scan_feed(&c->scan, buf_head(&c->in), buf_size(&c->in), &srv->limits,
@@ -265,6 +288,17 @@ conn_on_read(struct ev_loop *loop, ev_io *w, int revents)
         conn_process(c);
         if (!c->is_dead && c->srv->is_draining)
                 conn_drain(c);
+}
+
+static void
+conn_unthrottle(struct conn *c)
+{
+        c->is_throttled = false;
+        if (c->is_closing || c->is_dead)
+                return;
+        ev_io_start(c->srv->loop, &c->rio);
+        /* Requests that arrived while throttled are already buffered. */
+        conn_process(c);
 }
 
 void

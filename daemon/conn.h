@@ -45,6 +45,7 @@ struct conn {
         bool is_closing;  /* no more reading; close once out is flushed */
         bool is_dead;     /* torn down, waiting to be freed */
         bool pack_failed; /* out of memory while packing: the stream is broken */
+        bool is_throttled; /* reading paused until answers drain (backpressure) */
 };
 
 /* Takes ownership of fd (closes it on failure). */

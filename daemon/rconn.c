@@ -256,6 +256,12 @@ rconn_flush_all(void)
         }
 }
 
+bool
+rconn_any_dirty(void)
+{
+        return rconn_dirty_head != NULL;
+}
+
 static void
 rconn_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {

@@ -107,5 +107,7 @@ rconn_inflight(const struct rconn *rc)
 
 /* Writes what every rconn has queued; called once per loop iteration. */
 void rconn_flush_all(void);
+/* True if some rconn has queued commands not yet written. */
+bool rconn_any_dirty(void);
 
 #endif

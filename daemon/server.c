@@ -154,13 +154,17 @@ server_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 {
         struct server *srv = server_of(w, flush);
 
-        rconn_flush_all();
-        while (srv->dirty != NULL) {
-                struct conn *c = srv->dirty;
-                srv->dirty = c->dirty_next;
-                c->is_dirty = false;
-                (void)conn_flush(c);
-        }
+        /* A client flush can unthrottle it and run buffered requests, which
+         * queue Redis commands: repeat until both sides are written. */
+        do {
+                rconn_flush_all();
+                while (srv->dirty != NULL) {
+                        struct conn *c = srv->dirty;
+                        srv->dirty = c->dirty_next;
+                        c->is_dirty = false;
+                        (void)conn_flush(c);
+                }
+        } while (rconn_any_dirty());
         while (srv->dead != NULL) {
                 struct conn *c = srv->dead;
                 srv->dead = c->next;
