@@ -1,1 +1,1345 @@
 /* SPDX-License-Identifier: MIT */
+/*
+ * config: the key table and everything it drives. config_keys[] is the one
+ * place a setting is declared; parsing, defaults, range checks, environment
+ * overrides, the dump and conf/kcached.ini all walk it.
+ *
+ *   defaults ──> INI file (our line reader + libinih) ──> environment
+ *            ──> cross-key checks, password_file, derived addresses
+ *
+ * Invariants: config_load() either fills *c completely or leaves it holding
+ * the defaults; every value in a struct config passed its key's validation;
+ * sources[i] tells where config_keys[i]'s value came from. A password never
+ * appears in an error message or a dump.
+ */
+#include "daemon/config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <ini.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+/*
+ * Lines of this many bytes or more (newline included) are refused. Debian's
+ * libinih reads with a 200-byte buffer (fgets-style: 199 bytes and the NUL)
+ * and silently treats the rest of a longer line as the next line, so a long
+ * `replicas =` line would lose its tail without a word. 198 keeps a byte of
+ * margin, as ini.h asks ("3 more than the longest line").
+ */
+#define CONFIG_LINE_MAX 199
+
+#define CONFIG_PASSWORD_FILE_MAX 1024
+#define CONFIG_DEFAULT_PORT      6379
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+enum config_type {
+        CONFIG_T_STRING,    /* char *, any text */
+        CONFIG_T_PATH,      /* char *, non-empty, fits sun_path */
+        CONFIG_T_ADDR,      /* char *, one config_parse_addr() address */
+        CONFIG_T_ADDR_LIST, /* char *, comma list of addresses, may be empty */
+        CONFIG_T_INT,       /* int, decimal, range-checked */
+        CONFIG_T_INT64,     /* int64_t, decimal, range-checked */
+        CONFIG_T_MODE,      /* unsigned, octal, range-checked */
+        CONFIG_T_LEVEL,     /* int, a log_level_name() */
+};
+
+struct config_key {
+        const char *section, *key;
+        enum config_type type;
+        size_t offset; /* of the field in struct config */
+        const char *def;
+        int64_t min, max;
+        bool reloadable;
+        const char *help;
+        const char *env; /* variables that override it, for the docs; NULL for none */
+};
+
+/* Indexes into config_keys[] and sources[]; the table uses them as designators. */
+enum {
+        K_SOCKET,
+        K_SOCKET_MODE,
+        K_MAX_CLIENTS,
+        K_MAX_REQUEST_BYTES,
+        K_MAX_NESTING,
+        K_MAX_BATCH_KEYS,
+        K_DRAIN_TIMEOUT_MS,
+        K_PRIMARY,
+        K_REPLICAS,
+        K_PASSWORD,
+        K_PASSWORD_FILE,
+        K_DB,
+        K_CONNECT_TIMEOUT_MS,
+        K_COMMAND_TIMEOUT_MS,
+        K_KEY_PREFIX,
+        K_DEFAULT_TTL,
+        K_MAX_TTL,
+        K_LOG_LEVEL,
+        K_COUNT
+};
+
+_Static_assert(K_COUNT <= ARRAY_SIZE(((struct config *)0)->sources),
+               "struct config sources[] is too small for config_keys[]");
+
+/*
+ * The _Generic terms add 0 to the offset but fail to compile when the field
+ * does not have the C type the row's kind stores through, so a table row
+ * cannot write an int64_t into an int.
+ */
+#define FIELD(f, T) (offsetof(struct config, f) + _Generic(((struct config *)0)->f, T: 0))
+
+#define KEY_STR(id, sec, name, kind, def, rel, env, help)                                          \
+        [id] = {sec, #name, kind, FIELD(name, char *), def, 0, 0, rel, help, env}
+#define KEY_INT(id, sec, name, def, lo, hi, rel, env, help)                                        \
+        [id] = {sec,                                                                               \
+                #name,                                                                             \
+                _Generic(((struct config *)0)->name, int: CONFIG_T_INT, int64_t: CONFIG_T_INT64),  \
+                offsetof(struct config, name),                                                     \
+                def,                                                                               \
+                lo,                                                                                \
+                hi,                                                                                \
+                rel,                                                                               \
+                help,                                                                              \
+                env}
+
+static const struct config_key config_keys[K_COUNT] = {
+        KEY_STR(K_SOCKET, "server", socket, CONFIG_T_PATH, "/run/kcache/kcached.sock", false, NULL,
+                "Unix socket clients connect to."),
+        [K_SOCKET_MODE] = {"server", "socket_mode", CONFIG_T_MODE, FIELD(socket_mode, unsigned),
+                           "0660", 0, 0777, false, "Permission bits of the socket, in octal.",
+                           NULL},
+        KEY_INT(K_MAX_CLIENTS, "server", max_clients, "1024", 1, 1000000, true, NULL,
+                "Client connections served at once."),
+        KEY_INT(K_MAX_REQUEST_BYTES, "server", max_request_bytes, "8388608", 1024, 1073741824,
+                true, NULL, "Largest request a client may send, in bytes."),
+        KEY_INT(K_MAX_NESTING, "server", max_nesting, "16", 1, 32, true, NULL,
+                "Deepest nesting of arrays and maps in a request."),
+        KEY_INT(K_MAX_BATCH_KEYS, "server", max_batch_keys, "10000", 1, 1000000, true, NULL,
+                "Most keys in one batch request."),
+        KEY_INT(K_DRAIN_TIMEOUT_MS, "server", drain_timeout_ms, "5000", 0, 600000, true, NULL,
+                "On shutdown, how long requests in flight may take to finish."),
+        KEY_STR(K_PRIMARY, "redis", primary, CONFIG_T_ADDR, "127.0.0.1:6379", false,
+                "REDIS_HOST, REDIS_PORT",
+                "Primary Redis node: host:port, [v6]:port or unix:/absolute/path."),
+        KEY_STR(K_REPLICAS, "redis", replicas, CONFIG_T_ADDR_LIST, "", false,
+                "REDIS_REPLICAS_HOST_PORT",
+                "Replica Redis nodes, comma separated, written like primary; at most 16."),
+        KEY_STR(K_PASSWORD, "redis", password, CONFIG_T_STRING, "", false, "REDIS_PASSWORD",
+                "Password sent with AUTH; empty for none. Prefer password_file."),
+        KEY_STR(K_PASSWORD_FILE, "redis", password_file, CONFIG_T_STRING, "", false,
+                "REDIS_PASSWORD",
+                "File holding the password (at most 1 KiB, trailing newlines ignored), read at "
+                "start. Not together with password."),
+        KEY_INT(K_DB, "redis", db, "0", 0, 15, false, NULL, "Redis database number to SELECT."),
+        KEY_INT(K_CONNECT_TIMEOUT_MS, "redis", connect_timeout_ms, "1000", 1, 600000, true,
+                "REDIS_TIMEOUT", "Time allowed to connect to a Redis node."),
+        KEY_INT(K_COMMAND_TIMEOUT_MS, "redis", command_timeout_ms, "1000", 1, 600000, true,
+                "REDIS_TIMEOUT", "Time allowed for a Redis reply."),
+        KEY_STR(K_KEY_PREFIX, "cache", key_prefix, CONFIG_T_STRING, "kc:", false, NULL,
+                "Prefix of every Redis key kcached uses; may be empty."),
+        KEY_INT(K_DEFAULT_TTL, "cache", default_ttl, "3600", 1, 2147483647, true, NULL,
+                "TTL of an entry stored without one, in seconds; at most max_ttl."),
+        KEY_INT(K_MAX_TTL, "cache", max_ttl, "2592000", 1, 2147483647, true, NULL,
+                "Longest TTL, in seconds."),
+        [K_LOG_LEVEL] = {"log", "level", CONFIG_T_LEVEL, FIELD(log_level, int), "info", LOG_DEBUG,
+                         LOG_ERROR, true,
+                         "Least severe messages logged: debug, info, warn or error.", NULL},
+};
+
+static const char *const config_sections[] = {"server", "redis", "cache", "log"};
+
+static const char *const log_level_names[] = {
+        [LOG_DEBUG] = "debug",
+        [LOG_INFO] = "info",
+        [LOG_WARN] = "warn",
+        [LOG_ERROR] = "error",
+};
+
+/*
+ * Where each value came from beyond sources[]: the line for FILE and the
+ * variable for ENV. config.h does not have fields for them yet; until it
+ * grows `int lines[64]` and `const char *env_names[64]` (and defines
+ * CONFIG_HAVE_ORIGINS), the dump names the file without a line and every
+ * variable that can set the key.
+ */
+#ifdef CONFIG_HAVE_ORIGINS
+static void
+origin_set(struct config *c, size_t i, int line, const char *env)
+{
+        c->lines[i] = line;
+        c->env_names[i] = env;
+}
+
+static int
+origin_line(const struct config *c, size_t i)
+{
+        return c->lines[i];
+}
+
+static const char *
+origin_env(const struct config *c, size_t i)
+{
+        if (c->env_names[i] != NULL)
+                return c->env_names[i];
+        return config_keys[i].env != NULL ? config_keys[i].env : "?";
+}
+#else
+static void
+origin_set(struct config *c, size_t i, int line, const char *env)
+{
+        (void)c;
+        (void)i;
+        (void)line;
+        (void)env;
+}
+
+static int
+origin_line(const struct config *c, size_t i)
+{
+        (void)c;
+        (void)i;
+        return 0;
+}
+
+static const char *
+origin_env(const struct config *c, size_t i)
+{
+        (void)c;
+        return config_keys[i].env != NULL ? config_keys[i].env : "?";
+}
+#endif
+
+const char *
+log_level_name(int level)
+{
+        if (level < 0 || (size_t)level >= ARRAY_SIZE(log_level_names))
+                return "unknown";
+        return log_level_names[level];
+}
+
+static void __attribute__((format(printf, 3, 4)))
+set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+        va_list ap;
+
+        if (err == NULL || errlen == 0)
+                return;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+}
+
+static void *
+field_ptr(struct config *c, size_t i)
+{
+        return (char *)c + config_keys[i].offset;
+}
+
+static const void *
+field_cptr(const struct config *c, size_t i)
+{
+        return (const char *)c + config_keys[i].offset;
+}
+
+static int
+replace_string(char **slot, const char *value)
+{
+        char *copy = strdup(value);
+
+        if (copy == NULL)
+                return -ENOMEM;
+        free(*slot);
+        *slot = copy;
+        return 0;
+}
+
+/*
+ * Decimal (or octal) digits with an optional leading '-', nothing else: no
+ * '+', no spaces, no "0x", no suffix. strtoll would accept several of those.
+ * 0, -EINVAL for a malformed number, -ERANGE if it does not fit int64_t.
+ */
+static int
+parse_int(const char *s, unsigned base, int64_t *out)
+{
+        const uint64_t limit = (uint64_t)INT64_MAX + 1;
+        const char *p = s;
+        bool is_neg = false;
+        uint64_t v = 0;
+
+        if (*p == '-') {
+                is_neg = true;
+                p++;
+        }
+        if (*p == '\0')
+                return -EINVAL;
+        for (; *p != '\0'; p++) {
+                if (*p < '0' || *p >= (char)('0' + base))
+                        return -EINVAL;
+                unsigned d = (unsigned)(*p - '0');
+                if (v > (limit - d) / base)
+                        return -ERANGE;
+                v = v * base + d;
+        }
+        if (is_neg)
+                *out = v == limit ? INT64_MIN : -(int64_t)v;
+        else if (v == limit)
+                return -ERANGE;
+        else
+                *out = (int64_t)v;
+        return 0;
+}
+
+static bool
+is_host_char(char ch)
+{
+        return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+               ch == '.' || ch == '-' || ch == '_';
+}
+
+static int
+parse_port(const char *s, int *port)
+{
+        int64_t v;
+
+        if (parse_int(s, 10, &v) != 0 || v < 1 || v > 65535)
+                return -EINVAL;
+        *port = (int)v;
+        return 0;
+}
+
+int
+config_parse_addr(const char *s, struct config_addr *a, char *err, size_t errlen)
+{
+        struct config_addr r = {0};
+        const char *colon;
+        size_t hostlen;
+
+        if (strncmp(s, "unix:", 5) == 0) {
+                const char *path = s + 5;
+                if (path[0] != '/') {
+                        set_err(err, errlen, "'%s': unix: needs an absolute path", s);
+                        return -1;
+                }
+                if (strlen(path) >= sizeof(r.path)) {
+                        set_err(err, errlen, "'%s': socket path longer than %zu bytes", s,
+                                sizeof(r.path) - 1);
+                        return -1;
+                }
+                r.is_unix = true;
+                strcpy(r.path, path);
+                *a = r;
+                return 0;
+        }
+
+        if (s[0] == '[') {
+                const char *close = strchr(s, ']');
+                struct in6_addr in6;
+                if (close == NULL) {
+                        set_err(err, errlen, "'%s': missing ']'", s);
+                        return -1;
+                }
+                hostlen = (size_t)(close - s - 1);
+                if (hostlen == 0 || hostlen >= sizeof(r.host)) {
+                        set_err(err, errlen, "'%s' is not [IPv6]:port", s);
+                        return -1;
+                }
+                memcpy(r.host, s + 1, hostlen);
+                r.host[hostlen] = '\0';
+                if (inet_pton(AF_INET6, r.host, &in6) != 1) {
+                        set_err(err, errlen, "'%s': '%s' is not an IPv6 address", s, r.host);
+                        return -1;
+                }
+                if (close[1] != ':') {
+                        set_err(err, errlen, "'%s': missing :port after ']'", s);
+                        return -1;
+                }
+                colon = close + 1;
+        } else {
+                colon = strchr(s, ':');
+                if (colon == NULL) {
+                        set_err(err, errlen,
+                                "'%s' is not host:port, [v6]:port or unix:/path (missing :port)",
+                                s);
+                        return -1;
+                }
+                if (strchr(colon + 1, ':') != NULL) {
+                        set_err(err, errlen, "'%s': an IPv6 address needs brackets: [v6]:port",
+                                s);
+                        return -1;
+                }
+                hostlen = (size_t)(colon - s);
+                if (hostlen == 0) {
+                        set_err(err, errlen, "'%s': empty host", s);
+                        return -1;
+                }
+                if (hostlen >= sizeof(r.host)) {
+                        set_err(err, errlen, "host longer than %zu bytes", sizeof(r.host) - 1);
+                        return -1;
+                }
+                for (size_t i = 0; i < hostlen; i++) {
+                        if (!is_host_char(s[i])) {
+                                set_err(err, errlen,
+                                        "'%s': host may hold only letters, digits, '.', '-', '_'",
+                                        s);
+                                return -1;
+                        }
+                }
+                memcpy(r.host, s, hostlen);
+                r.host[hostlen] = '\0';
+        }
+        if (parse_port(colon + 1, &r.port) != 0) {
+                set_err(err, errlen, "'%s': '%s' is not a port (1..65535)", s, colon + 1);
+                return -1;
+        }
+        *a = r;
+        return 0;
+}
+
+const char *
+config_addr_str(const struct config_addr *a, char *out, size_t outlen)
+{
+        if (a->is_unix)
+                snprintf(out, outlen, "unix:%s", a->path);
+        else if (strchr(a->host, ':') != NULL)
+                snprintf(out, outlen, "[%s]:%d", a->host, a->port);
+        else
+                snprintf(out, outlen, "%s:%d", a->host, a->port);
+        return out;
+}
+
+static bool
+is_blank(char ch)
+{
+        return ch == ' ' || ch == '\t';
+}
+
+/*
+ * Splits a comma list ("a:1, b:2"), ignoring blanks around items. An empty
+ * or blank list is zero addresses; an empty item is an error. addrs may be
+ * NULL to validate only.
+ */
+static int
+parse_addr_list(const char *s, struct config_addr *addrs, int *n_addrs, char *err, size_t errlen)
+{
+        struct config_addr a;
+        char item[CONFIG_HOST_MAX + 16];
+        const char *p = s;
+        int n = 0;
+
+        while (is_blank(*p))
+                p++;
+        if (*p == '\0') {
+                *n_addrs = 0;
+                return 0;
+        }
+        for (;;) {
+                const char *end = strchr(p, ',');
+                const char *stop = end != NULL ? end : p + strlen(p);
+                while (p < stop && is_blank(*p))
+                        p++;
+                while (stop > p && is_blank(stop[-1]))
+                        stop--;
+                size_t len = (size_t)(stop - p);
+                if (len == 0) {
+                        set_err(err, errlen, "empty item in the list");
+                        return -1;
+                }
+                if (len >= sizeof(item)) {
+                        set_err(err, errlen, "item %d is too long", n + 1);
+                        return -1;
+                }
+                memcpy(item, p, len);
+                item[len] = '\0';
+                if (n == CONFIG_MAX_REPLICAS) {
+                        set_err(err, errlen, "more than %d addresses", CONFIG_MAX_REPLICAS);
+                        return -1;
+                }
+                if (config_parse_addr(item, &a, err, errlen) != 0)
+                        return -1;
+                if (addrs != NULL)
+                        addrs[n] = a;
+                n++;
+                if (end == NULL)
+                        break;
+                p = end + 1;
+        }
+        *n_addrs = n;
+        return 0;
+}
+
+static void
+format_value(const struct config *c, size_t i, char *out, size_t outlen)
+{
+        const struct config_key *k = &config_keys[i];
+        const void *f = field_cptr(c, i);
+
+        switch (k->type) {
+        case CONFIG_T_STRING:
+        case CONFIG_T_PATH:
+        case CONFIG_T_ADDR:
+        case CONFIG_T_ADDR_LIST:
+                snprintf(out, outlen, "%s", *(char *const *)f);
+                break;
+        case CONFIG_T_INT:
+                snprintf(out, outlen, "%d", *(const int *)f);
+                break;
+        case CONFIG_T_INT64:
+                snprintf(out, outlen, "%lld", (long long)*(const int64_t *)f);
+                break;
+        case CONFIG_T_MODE:
+                snprintf(out, outlen, "0%03o", *(const unsigned *)f);
+                break;
+        case CONFIG_T_LEVEL:
+                snprintf(out, outlen, "%s", log_level_name(*(const int *)f));
+                break;
+        }
+}
+
+/*
+ * Validates value for key i and stores it. 0; -1 with the reason in why
+ * (without the "FILE:LINE: [section] key: " prefix, the caller knows it);
+ * -ENOMEM.
+ */
+static int
+key_set(struct config *c, size_t i, const char *value, char *why, size_t whylen)
+{
+        const struct config_key *k = &config_keys[i];
+        void *f = field_ptr(c, i);
+        int64_t v;
+        int n, r;
+
+        switch (k->type) {
+        case CONFIG_T_STRING:
+                break;
+        case CONFIG_T_PATH:
+                if (value[0] == '\0') {
+                        set_err(why, whylen, "empty value (expected a path)");
+                        return -1;
+                }
+                if (strlen(value) >= CONFIG_PATH_MAX) {
+                        set_err(why, whylen, "path longer than %d bytes", CONFIG_PATH_MAX - 1);
+                        return -1;
+                }
+                break;
+        case CONFIG_T_ADDR: {
+                struct config_addr a;
+                if (value[0] == '\0') {
+                        set_err(why, whylen,
+                                "empty value (expected host:port, [v6]:port or unix:/path)");
+                        return -1;
+                }
+                if (config_parse_addr(value, &a, why, whylen) != 0)
+                        return -1;
+                break;
+        }
+        case CONFIG_T_ADDR_LIST:
+                if (parse_addr_list(value, NULL, &n, why, whylen) != 0)
+                        return -1;
+                break;
+        case CONFIG_T_INT:
+        case CONFIG_T_INT64:
+        case CONFIG_T_MODE: {
+                bool is_mode = k->type == CONFIG_T_MODE;
+                if (value[0] == '\0') {
+                        set_err(why, whylen, "empty value (expected %s)",
+                                is_mode ? "an octal mode" : "a decimal integer");
+                        return -1;
+                }
+                r = parse_int(value, is_mode ? 8 : 10, &v);
+                if (r == -EINVAL) {
+                        set_err(why, whylen, "'%s' is not %s", value,
+                                is_mode ? "an octal number" : "a decimal integer");
+                        return -1;
+                }
+                if (r == -ERANGE || v < k->min || v > k->max) {
+                        if (is_mode && r == 0 && v >= 0)
+                                set_err(why, whylen, "%#llo is out of range %#llo..%#llo",
+                                        (unsigned long long)v, (unsigned long long)k->min,
+                                        (unsigned long long)k->max);
+                        else if (r == 0)
+                                set_err(why, whylen, "%lld is out of range %lld..%lld",
+                                        (long long)v, (long long)k->min, (long long)k->max);
+                        else
+                                set_err(why, whylen, "%s is out of range %lld..%lld", value,
+                                        (long long)k->min, (long long)k->max);
+                        return -1;
+                }
+                if (k->type == CONFIG_T_INT)
+                        *(int *)f = (int)v;
+                else if (k->type == CONFIG_T_INT64)
+                        *(int64_t *)f = v;
+                else
+                        *(unsigned *)f = (unsigned)v;
+                return 0;
+        }
+        case CONFIG_T_LEVEL:
+                for (size_t l = 0; l < ARRAY_SIZE(log_level_names); l++) {
+                        if (strcmp(value, log_level_names[l]) == 0) {
+                                *(int *)f = (int)l;
+                                return 0;
+                        }
+                }
+                set_err(why, whylen, "'%s' is not one of debug, info, warn, error", value);
+                return -1;
+        }
+        /* The string kinds. */
+        return replace_string((char **)f, value);
+}
+
+/* Fills the derived addresses from the (already validated) strings. */
+static int
+derive_addrs(struct config *c, char *why, size_t whylen)
+{
+        if (config_parse_addr(c->primary, &c->primary_addr, why, whylen) != 0)
+                return -1;
+        return parse_addr_list(c->replicas, c->replica_addrs, &c->n_replicas, why, whylen);
+}
+
+void
+config_deinit(struct config *c)
+{
+        for (size_t i = 0; i < K_COUNT; i++) {
+                const struct config_key *k = &config_keys[i];
+                if (k->type == CONFIG_T_STRING || k->type == CONFIG_T_PATH ||
+                    k->type == CONFIG_T_ADDR || k->type == CONFIG_T_ADDR_LIST) {
+                        char **s = field_ptr(c, i);
+                        free(*s);
+                        *s = NULL;
+                }
+        }
+        free(c->path);
+        c->path = NULL;
+}
+
+int
+config_init(struct config *c)
+{
+        char why[256];
+        int r;
+
+        memset(c, 0, sizeof(*c));
+        for (size_t i = 0; i < K_COUNT; i++) {
+                r = key_set(c, i, config_keys[i].def, why, sizeof(why));
+                if (r != 0)
+                        goto fail;
+                c->sources[i] = CONFIG_SRC_DEFAULT;
+        }
+        r = derive_addrs(c, why, sizeof(why));
+        if (r != 0)
+                goto fail;
+        return 0;
+fail:
+        config_deinit(c);
+        /* -1 means a default in the table does not pass its own check: a bug test-config catches. */
+        return r == -ENOMEM ? -ENOMEM : -EINVAL;
+}
+
+/* ---- INI file ---------------------------------------------------------------------------- */
+
+struct load_state {
+        struct config *c;
+        FILE *f;
+        const char *path;
+        int lineno;           /* of the line libinih is working on */
+        bool has_prev_key;    /* mirrors libinih's prev_name: a key line since the last [section] */
+        int lines[K_COUNT];   /* line that set each key, 0 for none */
+        int err_line;         /* line of the first error, 0 for none */
+        int err_ret;          /* -ENOMEM or -1 */
+        char *err;
+        size_t errlen;
+};
+
+static void __attribute__((format(printf, 3, 4)))
+load_fail(struct load_state *st, int ret, const char *fmt, ...)
+{
+        va_list ap;
+
+        if (st->err_line != 0)
+                return; /* keep the first */
+        st->err_line = st->lineno > 0 ? st->lineno : 1;
+        st->err_ret = ret;
+        if (st->err != NULL && st->errlen > 0) {
+                va_start(ap, fmt);
+                vsnprintf(st->err, st->errlen, fmt, ap);
+                va_end(ap);
+        }
+}
+
+static bool
+is_known_section(const char *name, size_t len)
+{
+        for (size_t i = 0; i < ARRAY_SIZE(config_sections); i++) {
+                if (strlen(config_sections[i]) == len && memcmp(config_sections[i], name, len) == 0)
+                        return true;
+        }
+        return false;
+}
+
+static bool
+is_space(char ch)
+{
+        return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n' || ch == '\v' || ch == '\f';
+}
+
+/*
+ * Looks at a line the way libinih 55 will, to catch what its handler never
+ * sees: a [section] we do not know (even one with no keys), and continuation
+ * lines (an indented line after a key is appended to that key's value).
+ */
+static void
+check_line(struct load_state *st, char *line)
+{
+        char *start = line;
+
+        if (st->lineno == 1 && (unsigned char)start[0] == 0xEF &&
+            (unsigned char)start[1] == 0xBB && (unsigned char)start[2] == 0xBF)
+                start += 3;
+        char *p = start;
+        while (is_space(*p))
+                p++;
+        if (*p == '\0' || *p == ';' || *p == '#')
+                return;
+        if (p > start && st->has_prev_key) {
+                load_fail(st, -1,
+                          "%s:%d: line starts with whitespace: libinih would append it to the "
+                          "previous key's value",
+                          st->path, st->lineno);
+                return;
+        }
+        if (*p == '[') {
+                char *close = strchr(p + 1, ']');
+                if (close == NULL)
+                        return; /* libinih reports it as a syntax error */
+                if (!is_known_section(p + 1, (size_t)(close - p - 1))) {
+                        load_fail(st, -1, "%s:%d: [%.*s]: unknown section", st->path, st->lineno,
+                                  (int)(close - p - 1), p + 1);
+                        return;
+                }
+                st->has_prev_key = false;
+                return;
+        }
+        st->has_prev_key = true;
+}
+
+/*
+ * fgets() for libinih that counts lines, so the handler can say where it is,
+ * and refuses long lines instead of letting libinih cut them. Returns NULL
+ * at EOF or on the first error, which ends the parse.
+ */
+static char *
+config_reader(char *str, int num, void *stream)
+{
+        struct load_state *st = stream;
+        size_t len = 0, cap = num > 0 ? (size_t)num : 0;
+        bool has_nul = false;
+        int ch = EOF;
+
+        if (st->err_line != 0)
+                return NULL;
+        while ((ch = getc(st->f)) != EOF) {
+                if (len + 1 < cap)
+                        str[len] = (char)ch;
+                len++;
+                if (ch == '\0')
+                        has_nul = true;
+                if (ch == '\n')
+                        break;
+        }
+        if (ch == EOF && ferror(st->f)) {
+                st->lineno++;
+                load_fail(st, -1, "%s:%d: read error: %s", st->path, st->lineno, strerror(errno));
+                return NULL;
+        }
+        if (len == 0)
+                return NULL;
+        st->lineno++;
+        if (len >= CONFIG_LINE_MAX || len + 1 > cap) {
+                load_fail(st, -1, "%s:%d: line is %zu bytes long, at most %d are allowed", st->path,
+                          st->lineno, len, CONFIG_LINE_MAX - 1);
+                return NULL;
+        }
+        str[len] = '\0';
+        if (has_nul) {
+                load_fail(st, -1, "%s:%d: line contains a NUL byte", st->path, st->lineno);
+                return NULL;
+        }
+        check_line(st, str);
+        return st->err_line != 0 ? NULL : str;
+}
+
+static int
+find_key(const char *section, const char *name)
+{
+        for (size_t i = 0; i < K_COUNT; i++) {
+                if (strcmp(config_keys[i].section, section) == 0 &&
+                    strcmp(config_keys[i].key, name) == 0)
+                        return (int)i;
+        }
+        return -1;
+}
+
+static int
+config_handler(void *user, const char *section, const char *name, const char *value)
+{
+        struct load_state *st = user;
+        char why[512];
+        int i, r;
+
+        if (st->err_line != 0)
+                return 0;
+        if (section[0] == '\0') {
+                load_fail(st, -1, "%s:%d: %s: key outside any [section]", st->path, st->lineno,
+                          name);
+                return 0;
+        }
+        if (!is_known_section(section, strlen(section))) {
+                load_fail(st, -1, "%s:%d: [%s]: unknown section", st->path, st->lineno, section);
+                return 0;
+        }
+        i = find_key(section, name);
+        if (i < 0) {
+                load_fail(st, -1, "%s:%d: [%s] %s: unknown key", st->path, st->lineno, section,
+                          name);
+                return 0;
+        }
+        if (st->lines[i] != 0) {
+                load_fail(st, -1, "%s:%d: [%s] %s: duplicate key (first set at line %d)", st->path,
+                          st->lineno, section, name, st->lines[i]);
+                return 0;
+        }
+        r = key_set(st->c, (size_t)i, value, why, sizeof(why));
+        if (r == -ENOMEM) {
+                load_fail(st, -ENOMEM, "out of memory");
+                return 0;
+        }
+        if (r != 0) {
+                load_fail(st, -1, "%s:%d: [%s] %s: %s", st->path, st->lineno, section, name, why);
+                return 0;
+        }
+        st->lines[i] = st->lineno;
+        st->c->sources[i] = CONFIG_SRC_FILE;
+        origin_set(st->c, (size_t)i, st->lineno, NULL);
+        return 1;
+}
+
+static int
+load_file(struct load_state *st)
+{
+        int r;
+
+        st->f = fopen(st->path, "re");
+        if (st->f == NULL) {
+                set_err(st->err, st->errlen, "%s: cannot open: %s", st->path, strerror(errno));
+                return -1;
+        }
+        r = ini_parse_stream(config_reader, st, config_handler, st);
+        fclose(st->f);
+        st->f = NULL;
+        /*
+         * libinih keeps going after an error and returns the first line that
+         * failed, ours (the handler returned 0) or its own syntax errors, which
+         * we only learn about here. Both count lines the same way: one reader
+         * call per line.
+         */
+        if (r > 0 && (st->err_line == 0 || r < st->err_line)) {
+                set_err(st->err, st->errlen,
+                        "%s:%d: syntax error: expected [section], key = value or a comment",
+                        st->path, r);
+                return -1;
+        }
+        if (st->err_line != 0)
+                return st->err_ret;
+        if (r == -2) {
+                set_err(st->err, st->errlen, "out of memory");
+                return -ENOMEM;
+        }
+        if (r != 0) {
+                set_err(st->err, st->errlen, "%s: cannot parse (libinih returned %d)", st->path, r);
+                return -1;
+        }
+        return 0;
+}
+
+/* ---- environment ------------------------------------------------------------------------- */
+
+static const char *
+env_get(const char *name)
+{
+        const char *v = getenv(name);
+
+        return v != NULL && v[0] != '\0' ? v : NULL;
+}
+
+static void
+mark_env(struct config *c, size_t i, const char *var)
+{
+        c->sources[i] = CONFIG_SRC_ENV;
+        origin_set(c, i, 0, var);
+}
+
+/* "0.5" -> 500; decimal seconds, at most millisecond precision kept (rounded up). */
+static int
+parse_seconds_ms(const char *s, int64_t *ms)
+{
+        int64_t whole = 0, frac = 0;
+        int n_frac = 0;
+        bool has_rest = false;
+        const char *p = s;
+
+        if (*p < '0' || *p > '9')
+                return -EINVAL;
+        for (; *p >= '0' && *p <= '9'; p++) {
+                whole = whole * 10 + (*p - '0');
+                if (whole > 1000000)
+                        return -ERANGE;
+        }
+        if (*p == '.') {
+                p++;
+                if (*p < '0' || *p > '9')
+                        return -EINVAL;
+                for (; *p >= '0' && *p <= '9'; p++) {
+                        if (n_frac < 3) {
+                                frac = frac * 10 + (*p - '0');
+                                n_frac++;
+                        } else if (*p != '0') {
+                                has_rest = true;
+                        }
+                }
+        }
+        if (*p != '\0')
+                return -EINVAL;
+        while (n_frac < 3) {
+                frac *= 10;
+                n_frac++;
+        }
+        *ms = whole * 1000 + frac + (has_rest ? 1 : 0);
+        return 0;
+}
+
+static int
+set_primary(struct config *c, const char *host, int port, char *err, size_t errlen,
+            const char *var, const char *value)
+{
+        struct config_addr a;
+        char buf[CONFIG_HOST_MAX + 16];
+        char why[384];
+
+        if (strchr(host, ':') != NULL)
+                snprintf(buf, sizeof(buf), "[%s]:%d", host, port);
+        else
+                snprintf(buf, sizeof(buf), "%s:%d", host, port);
+        if (config_parse_addr(buf, &a, why, sizeof(why)) != 0) {
+                set_err(err, errlen, "env %s: '%s' is not a host name or IP address", var, value);
+                return -1;
+        }
+        return replace_string(&c->primary, buf);
+}
+
+static int
+apply_env(struct config *c, char *err, size_t errlen)
+{
+        struct config_addr cur;
+        const char *host = env_get("REDIS_HOST");
+        const char *port_s = env_get("REDIS_PORT");
+        const char *v;
+        char why[384];
+        int port, r;
+
+        if (host != NULL || port_s != NULL) {
+                if (config_parse_addr(c->primary, &cur, why, sizeof(why)) != 0) {
+                        set_err(err, errlen, "[redis] primary: %s", why);
+                        return -1;
+                }
+                port = cur.is_unix ? CONFIG_DEFAULT_PORT : cur.port;
+                if (port_s != NULL && parse_port(port_s, &port) != 0) {
+                        set_err(err, errlen, "env REDIS_PORT: '%s' is not a port", port_s);
+                        return -1;
+                }
+                if (host == NULL && cur.is_unix) {
+                        set_err(err, errlen,
+                                "env REDIS_PORT: [redis] primary is a unix socket, set REDIS_HOST "
+                                "too");
+                        return -1;
+                }
+                if (host != NULL && host[0] == '[') {
+                        /* Accept "[::1]" as well as "::1". */
+                        size_t len = strlen(host);
+                        char bare[CONFIG_HOST_MAX];
+                        if (len < 3 || host[len - 1] != ']' || len - 2 >= sizeof(bare)) {
+                                set_err(err, errlen,
+                                        "env REDIS_HOST: '%s' is not a host name or IP address",
+                                        host);
+                                return -1;
+                        }
+                        memcpy(bare, host + 1, len - 2);
+                        bare[len - 2] = '\0';
+                        r = set_primary(c, bare, port, err, errlen, "REDIS_HOST", host);
+                } else {
+                        r = set_primary(c, host != NULL ? host : cur.host, port, err, errlen,
+                                        host != NULL ? "REDIS_HOST" : "REDIS_PORT",
+                                        host != NULL ? host : port_s);
+                }
+                if (r != 0)
+                        return r;
+                mark_env(c, K_PRIMARY,
+                         host != NULL && port_s != NULL ? "REDIS_HOST, REDIS_PORT"
+                         : host != NULL                 ? "REDIS_HOST"
+                                                        : "REDIS_PORT");
+        }
+
+        v = env_get("REDIS_REPLICAS_HOST_PORT");
+        if (v != NULL) {
+                r = key_set(c, K_REPLICAS, v, why, sizeof(why));
+                if (r == -ENOMEM)
+                        return r;
+                if (r != 0) {
+                        set_err(err, errlen, "env REDIS_REPLICAS_HOST_PORT: %s", why);
+                        return -1;
+                }
+                mark_env(c, K_REPLICAS, "REDIS_REPLICAS_HOST_PORT");
+        }
+
+        v = env_get("REDIS_TIMEOUT");
+        if (v != NULL) {
+                int64_t ms;
+                if (parse_seconds_ms(v, &ms) != 0 || ms < 1 || ms > 600000) {
+                        set_err(err, errlen,
+                                "env REDIS_TIMEOUT: '%s' is not a number of seconds in (0, 600]",
+                                v);
+                        return -1;
+                }
+                c->connect_timeout_ms = (int)ms;
+                c->command_timeout_ms = (int)ms;
+                mark_env(c, K_CONNECT_TIMEOUT_MS, "REDIS_TIMEOUT");
+                mark_env(c, K_COMMAND_TIMEOUT_MS, "REDIS_TIMEOUT");
+        }
+
+        v = env_get("REDIS_PASSWORD");
+        if (v != NULL) {
+                if (replace_string(&c->password, v) != 0 || replace_string(&c->password_file, "") != 0)
+                        return -ENOMEM;
+                mark_env(c, K_PASSWORD, "REDIS_PASSWORD");
+                mark_env(c, K_PASSWORD_FILE, "REDIS_PASSWORD");
+        }
+        return 0;
+}
+
+/* ---- cross-key checks -------------------------------------------------------------------- */
+
+/* "FILE:LINE: " for a key set in the file, "env NAME: " for one from the environment. */
+static void
+where(const struct config *c, const struct load_state *st, size_t i, char *out, size_t outlen)
+{
+        if (c->sources[i] == CONFIG_SRC_FILE)
+                snprintf(out, outlen, "%s:%d: ", st->path, st->lines[i]);
+        else if (c->sources[i] == CONFIG_SRC_ENV)
+                snprintf(out, outlen, "env %s: ", origin_env(c, i));
+        else
+                out[0] = '\0';
+}
+
+static int
+read_password_file(struct config *c, const struct load_state *st, char *err, size_t errlen)
+{
+        char buf[CONFIG_PASSWORD_FILE_MAX + 1];
+        char at[CONFIG_PATH_MAX + 4096];
+        size_t len;
+        FILE *f;
+        int e;
+
+        where(c, st, K_PASSWORD_FILE, at, sizeof(at));
+        f = fopen(c->password_file, "re");
+        if (f == NULL) {
+                e = errno;
+                set_err(err, errlen, "%s[redis] password_file: cannot read '%s': %s", at,
+                        c->password_file, strerror(e));
+                return -1;
+        }
+        len = fread(buf, 1, sizeof(buf), f);
+        e = ferror(f) ? errno : 0;
+        fclose(f);
+        if (e != 0) {
+                set_err(err, errlen, "%s[redis] password_file: cannot read '%s': %s", at,
+                        c->password_file, strerror(e));
+                return -1;
+        }
+        if (len > CONFIG_PASSWORD_FILE_MAX) {
+                set_err(err, errlen, "%s[redis] password_file: '%s' is longer than %d bytes", at,
+                        c->password_file, CONFIG_PASSWORD_FILE_MAX);
+                return -1;
+        }
+        while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
+                len--;
+        buf[len] = '\0';
+        if (len == 0 || memchr(buf, '\0', len) != NULL || memchr(buf, '\n', len) != NULL) {
+                set_err(err, errlen,
+                        "%s[redis] password_file: '%s' must hold one non-empty line of text", at,
+                        c->password_file);
+                return -1;
+        }
+        e = replace_string(&c->password, buf);
+        memset(buf, 0, sizeof(buf));
+        return e;
+}
+
+static int
+check_config(struct config *c, const struct load_state *st, char *err, size_t errlen)
+{
+        char at[CONFIG_PATH_MAX + 4096];
+
+        if (c->default_ttl > c->max_ttl) {
+                /* Blame the key written last: that is where the reader sees the clash. */
+                bool blame_default = st->lines[K_DEFAULT_TTL] > st->lines[K_MAX_TTL];
+                if (blame_default) {
+                        where(c, st, K_DEFAULT_TTL, at, sizeof(at));
+                        set_err(err, errlen,
+                                "%s[cache] default_ttl: %lld is greater than max_ttl %lld", at,
+                                (long long)c->default_ttl, (long long)c->max_ttl);
+                } else {
+                        where(c, st, K_MAX_TTL, at, sizeof(at));
+                        set_err(err, errlen, "%s[cache] max_ttl: %lld is less than default_ttl %lld",
+                                at, (long long)c->max_ttl, (long long)c->default_ttl);
+                }
+                return -1;
+        }
+        if (c->password[0] != '\0' && c->password_file[0] != '\0') {
+                /* Only the file can set both: REDIS_PASSWORD clears password_file. */
+                if (st->lines[K_PASSWORD_FILE] > st->lines[K_PASSWORD]) {
+                        where(c, st, K_PASSWORD_FILE, at, sizeof(at));
+                        set_err(err, errlen,
+                                "%s[redis] password_file: cannot be used with password (line %d)",
+                                at, st->lines[K_PASSWORD]);
+                } else {
+                        where(c, st, K_PASSWORD, at, sizeof(at));
+                        set_err(err, errlen,
+                                "%s[redis] password: cannot be used with password_file (line %d)",
+                                at, st->lines[K_PASSWORD_FILE]);
+                }
+                return -1;
+        }
+        if (c->password_file[0] != '\0')
+                return read_password_file(c, st, err, errlen);
+        return 0;
+}
+
+int
+config_load(struct config *c, const char *path, char *err, size_t errlen)
+{
+        struct config tmp;
+        struct load_state st = {.c = &tmp, .path = path, .err = err, .errlen = errlen};
+        char why[512];
+        int r;
+
+        set_err(err, errlen, "no error");
+        r = config_init(&tmp);
+        if (r != 0) {
+                set_err(err, errlen, "cannot set the defaults: %s", strerror(-r));
+                goto fail_init;
+        }
+        if (path != NULL) {
+                tmp.path = strdup(path);
+                if (tmp.path == NULL) {
+                        r = -ENOMEM;
+                        set_err(err, errlen, "out of memory");
+                        goto fail;
+                }
+                r = load_file(&st);
+                if (r != 0)
+                        goto fail;
+        }
+        r = apply_env(&tmp, err, errlen);
+        if (r == -ENOMEM)
+                set_err(err, errlen, "out of memory");
+        if (r != 0)
+                goto fail;
+        r = check_config(&tmp, &st, err, errlen);
+        if (r == -ENOMEM)
+                set_err(err, errlen, "out of memory");
+        if (r != 0)
+                goto fail;
+        r = derive_addrs(&tmp, why, sizeof(why));
+        if (r != 0) {
+                /* Cannot happen: every address string was validated when it was set. */
+                set_err(err, errlen, "[redis]: %s", why);
+                goto fail;
+        }
+        *c = tmp;
+        return 0;
+fail:
+        config_deinit(&tmp);
+fail_init:
+        if (config_init(c) != 0)
+                memset(c, 0, sizeof(*c));
+        return -1;
+}
+
+/* ---- output ------------------------------------------------------------------------------ */
+
+static void
+format_origin(const struct config *c, size_t i, char *out, size_t outlen)
+{
+        int line = origin_line(c, i);
+
+        switch (c->sources[i]) {
+        case CONFIG_SRC_DEFAULT:
+                snprintf(out, outlen, "default");
+                break;
+        case CONFIG_SRC_FILE:
+                if (line > 0)
+                        snprintf(out, outlen, "%s:%d", c->path != NULL ? c->path : "file", line);
+                else
+                        snprintf(out, outlen, "%s", c->path != NULL ? c->path : "file");
+                break;
+        case CONFIG_SRC_ENV:
+                snprintf(out, outlen, "env %s", origin_env(c, i));
+                break;
+        }
+}
+
+/*
+ * The dump is meant to load back with config_load(), with known limits:
+ * - a value holding " ;" (whitespace then ';') cannot be written, because
+ *   libinih takes it as the start of an inline comment and there is no
+ *   quoting; only an environment value could hold one, and the one that may
+ *   (REDIS_PASSWORD) is shown as ***;
+ * - the password is written as *** (never the secret), so it loads back as
+ *   the literal "***"; a password read from password_file is shown in a
+ *   comment, since password and password_file may not both be set;
+ * - a line of 199 bytes or more is refused when read back; it can only come
+ *   from a long REDIS_REPLICAS_HOST_PORT. When the source comment would make
+ *   a line too long, it goes on its own line above the key.
+ */
+void
+config_dump(const struct config *c, FILE *out)
+{
+        const char *section = NULL;
+        char value[4096], origin[4096 + 64];
+
+        fprintf(out, "; kcached configuration: every key, and where its value came from\n");
+        for (size_t i = 0; i < K_COUNT; i++) {
+                const struct config_key *k = &config_keys[i];
+                if (section == NULL || strcmp(section, k->section) != 0) {
+                        section = k->section;
+                        fprintf(out, "%s[%s]\n", i > 0 ? "\n" : "", section);
+                }
+                format_value(c, i, value, sizeof(value));
+                format_origin(c, i, origin, sizeof(origin));
+                if (i == K_PASSWORD && c->password[0] != '\0') {
+                        if (c->password_file[0] != '\0') {
+                                fprintf(out, "; password = *** (read from password_file)\n");
+                                continue;
+                        }
+                        snprintf(value, sizeof(value), "***");
+                }
+                /* "key =;x": a ';' right after '=' is not a comment, after a blank it is. */
+                const char *eq = value[0] == ';' ? " =" : " = ";
+                size_t len = strlen(k->key) + strlen(eq) + strlen(value) + 3 + strlen(origin) + 1;
+                if (len >= CONFIG_LINE_MAX) {
+                        fprintf(out, "; %s\n", origin);
+                        fprintf(out, "%s%s%s\n", k->key, value[0] == '\0' ? " =" : eq, value);
+                } else if (value[0] == '\0') {
+                        fprintf(out, "%s = ; %s\n", k->key, origin);
+                } else {
+                        fprintf(out, "%s%s%s ; %s\n", k->key, eq, value, origin);
+                }
+        }
+}
+
+/* Writes text as "; " comment lines of at most width columns, breaking at spaces. */
+static void
+write_wrapped(FILE *out, const char *text, size_t width)
+{
+        const char *p = text;
+
+        while (*p != '\0') {
+                size_t room = width - 2, len = strlen(p), cut = len;
+                if (len > room) {
+                        cut = room;
+                        while (cut > 0 && p[cut] != ' ')
+                                cut--;
+                        if (cut == 0) {
+                                cut = strcspn(p, " ");
+                        }
+                }
+                fprintf(out, "; %.*s\n", (int)cut, p);
+                p += cut;
+                while (*p == ' ')
+                        p++;
+        }
+}
+
+static const char config_example_header[] =
+        "; kcached.ini: configuration of kcached, the kcache sidecar for Redis.\n"
+        ";\n"
+        "; Every key is listed below, commented out, with its default value. To change\n"
+        "; one, remove the leading \"; \" and edit the value. Keys are case-sensitive.\n"
+        ";\n"
+        "; Comments: a line starting with ';' or '#', or the rest of a line after a ';'\n"
+        "; that follows whitespace (\"key = value ; comment\"). So a value cannot hold\n"
+        "; \" ;\", and there is no quoting: a value runs from after '=' to the end of\n"
+        "; the line or the comment, with blanks around it removed.\n"
+        "; A line must be shorter than 199 bytes; do not indent a line after a key, it\n"
+        "; would continue that key's value. Unknown sections, unknown keys, duplicate\n"
+        "; keys and bad values are errors, reported as FILE:LINE.\n"
+        ";\n"
+        "; Units: TTLs are in seconds; every other duration is in milliseconds and its\n"
+        "; name ends in _ms; sizes are in bytes.\n"
+        ";\n"
+        "; Environment variables override this file (empty ones are ignored):\n"
+        ";   REDIS_HOST                host of [redis] primary, keeping its port\n"
+        ";   REDIS_PORT                port of [redis] primary\n"
+        ";   REDIS_REPLICAS_HOST_PORT  [redis] replicas, a comma list of host:port\n"
+        ";   REDIS_TIMEOUT             seconds (0.5 allowed), sets connect_timeout_ms\n"
+        ";                             and command_timeout_ms\n"
+        ";   REDIS_PASSWORD            [redis] password; clears password_file\n"
+        ";\n"
+        "; \"Reloadable: yes\" marks keys a reload applies; the others need a restart.\n";
+
+void
+config_write_example(FILE *out)
+{
+        const char *section = NULL;
+        char value[256], help[1024], range[128];
+        struct config defaults = {0};
+
+        fputs(config_example_header, out);
+        for (size_t i = 0; i < K_COUNT; i++) {
+                const struct config_key *k = &config_keys[i];
+                if (section == NULL || strcmp(section, k->section) != 0) {
+                        section = k->section;
+                        fprintf(out, "\n[%s]\n", section);
+                } else {
+                        fputc('\n', out);
+                }
+                switch (k->type) {
+                case CONFIG_T_INT:
+                case CONFIG_T_INT64:
+                        snprintf(range, sizeof(range), "%lld..%lld, ", (long long)k->min,
+                                 (long long)k->max);
+                        break;
+                case CONFIG_T_MODE:
+                        snprintf(range, sizeof(range), "octal, %#llo..%#llo, ",
+                                 (unsigned long long)k->min, (unsigned long long)k->max);
+                        break;
+                default:
+                        range[0] = '\0';
+                        break;
+                }
+                snprintf(help, sizeof(help), "%s%s%s (%sreloadable: %s)", k->help,
+                         k->env != NULL ? " Env: " : "", k->env != NULL ? k->env : "", range,
+                         k->reloadable ? "yes" : "no");
+                write_wrapped(out, help, 78);
+                /* The default as config_dump() would print it, from the table alone. */
+                if (key_set(&defaults, i, k->def, value, sizeof(value)) == 0)
+                        format_value(&defaults, i, value, sizeof(value));
+                else
+                        snprintf(value, sizeof(value), "%s", k->def);
+                if (value[0] == '\0')
+                        fprintf(out, "; %s =\n", k->key);
+                else
+                        fprintf(out, "; %s = %s\n", k->key, value);
+        }
+        config_deinit(&defaults);
+}
