@@ -86,34 +86,29 @@ _Static_assert(K_COUNT <= ARRAY_SIZE(((struct config *)0)->sources),
 /*
  * The _Generic terms add 0 to the offset but fail to compile when the field
  * does not have the C type the row's kind stores through, so a table row
- * cannot write an int64_t into an int.
+ * cannot write an int64_t into an int. (clang-format mangles _Generic.)
  */
+/* clang-format off */
 #define FIELD(f, T) (offsetof(struct config, f) + _Generic(((struct config *)0)->f, T: 0))
+#define INT_KIND(f) _Generic(((struct config *)0)->f, int: CONFIG_T_INT, int64_t: CONFIG_T_INT64)
 
-#define KEY_STR(id, sec, name, kind, def, rel, env, help)                                          \
+#define KEY_STR(id, sec, name, kind, def, rel, env, help) \
         [id] = {sec, #name, kind, FIELD(name, char *), def, 0, 0, rel, help, env}
-#define KEY_INT(id, sec, name, def, lo, hi, rel, env, help)                                        \
-        [id] = {sec,                                                                               \
-                #name,                                                                             \
-                _Generic(((struct config *)0)->name, int: CONFIG_T_INT, int64_t: CONFIG_T_INT64),  \
-                offsetof(struct config, name),                                                     \
-                def,                                                                               \
-                lo,                                                                                \
-                hi,                                                                                \
-                rel,                                                                               \
-                help,                                                                              \
-                env}
+#define KEY_INT(id, sec, name, def, lo, hi, rel, env, help) \
+        [id] = {sec, #name, INT_KIND(name), offsetof(struct config, name), def, lo, hi, rel, \
+                help, env}
+/* clang-format on */
 
 static const struct config_key config_keys[K_COUNT] = {
         KEY_STR(K_SOCKET, "server", socket, CONFIG_T_PATH, "/run/kcache/kcached.sock", false, NULL,
-                "Unix socket clients connect to."),
+                "Path of the Unix socket clients connect to."),
         [K_SOCKET_MODE] = {"server", "socket_mode", CONFIG_T_MODE, FIELD(socket_mode, unsigned),
                            "0660", 0, 0777, false, "Permission bits of the socket, in octal.",
                            NULL},
         KEY_INT(K_MAX_CLIENTS, "server", max_clients, "1024", 1, 1000000, true, NULL,
                 "Client connections served at once."),
-        KEY_INT(K_MAX_REQUEST_BYTES, "server", max_request_bytes, "8388608", 1024, 1073741824,
-                true, NULL, "Largest request a client may send, in bytes."),
+        KEY_INT(K_MAX_REQUEST_BYTES, "server", max_request_bytes, "8388608", 1024, 1073741824, true,
+                NULL, "Largest request a client may send, in bytes."),
         KEY_INT(K_MAX_NESTING, "server", max_nesting, "16", 1, 32, true, NULL,
                 "Deepest nesting of arrays and maps in a request."),
         KEY_INT(K_MAX_BATCH_KEYS, "server", max_batch_keys, "10000", 1, 1000000, true, NULL,
@@ -131,7 +126,7 @@ static const struct config_key config_keys[K_COUNT] = {
         KEY_STR(K_PASSWORD_FILE, "redis", password_file, CONFIG_T_STRING, "", false,
                 "REDIS_PASSWORD",
                 "File holding the password (at most 1 KiB, trailing newlines ignored), read at "
-                "start. Not together with password."),
+                "load. Not together with password."),
         KEY_INT(K_DB, "redis", db, "0", 0, 15, false, NULL, "Redis database number to SELECT."),
         KEY_INT(K_CONNECT_TIMEOUT_MS, "redis", connect_timeout_ms, "1000", 1, 600000, true,
                 "REDIS_TIMEOUT", "Time allowed to connect to a Redis node."),
@@ -365,8 +360,7 @@ config_parse_addr(const char *s, struct config_addr *a, char *err, size_t errlen
                         return -1;
                 }
                 if (strchr(colon + 1, ':') != NULL) {
-                        set_err(err, errlen, "'%s': an IPv6 address needs brackets: [v6]:port",
-                                s);
+                        set_err(err, errlen, "'%s': an IPv6 address needs brackets: [v6]:port", s);
                         return -1;
                 }
                 hostlen = (size_t)(colon - s);
@@ -632,7 +626,8 @@ config_init(struct config *c)
         return 0;
 fail:
         config_deinit(c);
-        /* -1 means a default in the table does not pass its own check: a bug test-config catches. */
+        /* -1 means a default in the table does not pass its own check: a bug test-config catches.
+         */
         return r == -ENOMEM ? -ENOMEM : -EINVAL;
 }
 
@@ -642,11 +637,11 @@ struct load_state {
         struct config *c;
         FILE *f;
         const char *path;
-        int lineno;           /* of the line libinih is working on */
-        bool has_prev_key;    /* mirrors libinih's prev_name: a key line since the last [section] */
-        int lines[K_COUNT];   /* line that set each key, 0 for none */
-        int err_line;         /* line of the first error, 0 for none */
-        int err_ret;          /* -ENOMEM or -1 */
+        int lineno;         /* of the line libinih is working on */
+        bool has_prev_key;  /* mirrors libinih's prev_name: a key line since the last [section] */
+        int lines[K_COUNT]; /* line that set each key, 0 for none */
+        int err_line;       /* line of the first error, 0 for none */
+        int err_ret;        /* -ENOMEM or -1 */
         char *err;
         size_t errlen;
 };
@@ -693,8 +688,8 @@ check_line(struct load_state *st, char *line)
 {
         char *start = line;
 
-        if (st->lineno == 1 && (unsigned char)start[0] == 0xEF &&
-            (unsigned char)start[1] == 0xBB && (unsigned char)start[2] == 0xBF)
+        if (st->lineno == 1 && (unsigned char)start[0] == 0xEF && (unsigned char)start[1] == 0xBB &&
+            (unsigned char)start[2] == 0xBF)
                 start += 3;
         char *p = start;
         while (is_space(*p))
@@ -919,8 +914,8 @@ parse_seconds_ms(const char *s, int64_t *ms)
 }
 
 static int
-set_primary(struct config *c, const char *host, int port, char *err, size_t errlen,
-            const char *var, const char *value)
+set_primary(struct config *c, const char *host, int port, char *err, size_t errlen, const char *var,
+            const char *value)
 {
         struct config_addr a;
         char buf[CONFIG_HOST_MAX + 16];
@@ -1018,7 +1013,8 @@ apply_env(struct config *c, char *err, size_t errlen)
 
         v = env_get("REDIS_PASSWORD");
         if (v != NULL) {
-                if (replace_string(&c->password, v) != 0 || replace_string(&c->password_file, "") != 0)
+                if (replace_string(&c->password, v) != 0 ||
+                    replace_string(&c->password_file, "") != 0)
                         return -ENOMEM;
                 mark_env(c, K_PASSWORD, "REDIS_PASSWORD");
                 mark_env(c, K_PASSWORD_FILE, "REDIS_PASSWORD");
@@ -1099,8 +1095,9 @@ check_config(struct config *c, const struct load_state *st, char *err, size_t er
                                 (long long)c->default_ttl, (long long)c->max_ttl);
                 } else {
                         where(c, st, K_MAX_TTL, at, sizeof(at));
-                        set_err(err, errlen, "%s[cache] max_ttl: %lld is less than default_ttl %lld",
-                                at, (long long)c->max_ttl, (long long)c->default_ttl);
+                        set_err(err, errlen,
+                                "%s[cache] max_ttl: %lld is less than default_ttl %lld", at,
+                                (long long)c->max_ttl, (long long)c->default_ttl);
                 }
                 return -1;
         }
@@ -1327,10 +1324,11 @@ config_write_example(FILE *out)
                         range[0] = '\0';
                         break;
                 }
-                snprintf(help, sizeof(help), "%s%s%s (%sreloadable: %s)", k->help,
-                         k->env != NULL ? " Env: " : "", k->env != NULL ? k->env : "", range,
+                snprintf(help, sizeof(help), "%s (%sreloadable: %s)", k->help, range,
                          k->reloadable ? "yes" : "no");
                 write_wrapped(out, help, 78);
+                if (k->env != NULL)
+                        fprintf(out, "; Environment: %s.\n", k->env);
                 /* The default as config_dump() would print it, from the table alone. */
                 if (key_set(&defaults, i, k->def, value, sizeof(value)) == 0)
                         format_value(&defaults, i, value, sizeof(value));

@@ -69,7 +69,10 @@ struct config {
         int n_replicas;
         char *path; /* owned; the file loaded, NULL for none */
         enum config_source sources[64]; /* per key, indexed like config_keys[] */
+        int lines[64];                  /* per key: line in path when sources[] is FILE */
+        const char *env_names[64];      /* per key: the variable, static, when sources[] is ENV */
 };
+#define CONFIG_HAVE_ORIGINS 1
 
 /* Sets every key to its default (and sources to DEFAULT). */
 int config_init(struct config *c);
@@ -91,7 +94,7 @@ const char *config_addr_str(const struct config_addr *a, char *out, size_t outle
 
 /*
  * Writes the running configuration as INI, one `key = value` a line followed
- * by `; source: default|FILE:LINE|env NAME`; secrets as ***.
+ * by `; default`, `; FILE:LINE` or `; env NAME`; secrets as ***.
  */
 void config_dump(const struct config *c, FILE *out);
 

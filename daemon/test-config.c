@@ -1,1 +1,1118 @@
 /* SPDX-License-Identifier: MIT */
+/*
+ * test-config: unit tests for config.c. Writes INI files into a mkdtemp()
+ * directory, loads them and checks values, sources and the exact
+ * "FILE:LINE: ..." of every error class; checks environment overrides, the
+ * dump round trip, and that conf/kcached.ini is config_write_example()'s
+ * output byte for byte.
+ *
+ *   test-config                   run the tests (meson runs it from daemon/)
+ *   test-config --write-example   print conf/kcached.ini's content
+ *
+ * Exit 0 when every check passed.
+ */
+#include <errno.h>
+#include <ftw.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "daemon/config.h"
+
+#define EXAMPLE_PATH "../conf/kcached.ini"
+
+/*
+ * Key indexes, as in config.c's table (sources[] is indexed like it):
+ * 0 socket .. 6 drain_timeout_ms, 7 primary, 8 replicas, 9 password,
+ * 10 password_file, 11 db, 12 connect_timeout_ms, 13 command_timeout_ms,
+ * 14 key_prefix, 15 default_ttl, 16 max_ttl, 17 level.
+ */
+#define N_KEYS 18
+
+static int n_passed, n_failed;
+static char tmpdir[256];
+
+/* Paths are tmpdir plus a short name; messages hold two paths at most. */
+#define PATH_BUF 512
+#define MSG_BUF  2048
+static int n_files;
+
+static const char *const redis_env[] = {"REDIS_HOST", "REDIS_PORT", "REDIS_REPLICAS_HOST_PORT",
+                                        "REDIS_TIMEOUT", "REDIS_PASSWORD"};
+
+static void __attribute__((format(printf, 3, 4))) check_at(int line, bool ok, const char *fmt, ...)
+{
+        va_list ap;
+
+        if (ok) {
+                n_passed++;
+                return;
+        }
+        n_failed++;
+        printf("FAIL test-config.c:%d: ", line);
+        va_start(ap, fmt);
+        vprintf(fmt, ap);
+        va_end(ap);
+        printf("\n");
+}
+
+#define CHECK(ok, ...) check_at(__LINE__, (ok), __VA_ARGS__)
+
+static void
+clear_env(void)
+{
+        for (size_t i = 0; i < sizeof(redis_env) / sizeof(redis_env[0]); i++)
+                unsetenv(redis_env[i]);
+}
+
+/* Writes len bytes to a new file in tmpdir; its path goes to path. */
+static void
+write_bytes(char *path, size_t pathlen, const char *content, size_t len)
+{
+        FILE *f;
+
+        snprintf(path, pathlen, "%s/t%03d.ini", tmpdir, ++n_files);
+        f = fopen(path, "we");
+        if (f == NULL) {
+                perror(path);
+                exit(2);
+        }
+        fwrite(content, 1, len, f);
+        if (fclose(f) != 0) {
+                perror(path);
+                exit(2);
+        }
+}
+
+static void
+write_file(char *path, size_t pathlen, const char *content)
+{
+        write_bytes(path, pathlen, content, strlen(content));
+}
+
+/* Loads content; on success c must be deinit'ed by the caller. */
+static int
+load_text(const char *content, struct config *c, char *path, size_t pathlen, char *err,
+          size_t errlen)
+{
+        write_file(path, pathlen, content);
+        return config_load(c, path, err, errlen);
+}
+
+static bool
+is_default(const struct config *c)
+{
+        struct config d;
+        bool same;
+
+        if (config_init(&d) != 0)
+                return false;
+        same = strcmp(c->socket, d.socket) == 0 && c->socket_mode == d.socket_mode &&
+               c->max_clients == d.max_clients && c->max_request_bytes == d.max_request_bytes &&
+               c->max_nesting == d.max_nesting && c->max_batch_keys == d.max_batch_keys &&
+               c->drain_timeout_ms == d.drain_timeout_ms && strcmp(c->primary, d.primary) == 0 &&
+               strcmp(c->replicas, d.replicas) == 0 && strcmp(c->password, d.password) == 0 &&
+               strcmp(c->password_file, d.password_file) == 0 && c->db == d.db &&
+               c->connect_timeout_ms == d.connect_timeout_ms &&
+               c->command_timeout_ms == d.command_timeout_ms &&
+               strcmp(c->key_prefix, d.key_prefix) == 0 && c->default_ttl == d.default_ttl &&
+               c->max_ttl == d.max_ttl && c->log_level == d.log_level;
+        config_deinit(&d);
+        return same;
+}
+
+static bool
+addr_equal(const struct config_addr *a, const struct config_addr *b)
+{
+        if (a->is_unix != b->is_unix)
+                return false;
+        if (a->is_unix)
+                return strcmp(a->path, b->path) == 0;
+        return strcmp(a->host, b->host) == 0 && a->port == b->port;
+}
+
+/* Every setting and derived address; the password only if with_password. */
+static bool
+config_equal(const struct config *a, const struct config *b, bool with_password)
+{
+        if (strcmp(a->socket, b->socket) != 0 || a->socket_mode != b->socket_mode ||
+            a->max_clients != b->max_clients || a->max_request_bytes != b->max_request_bytes ||
+            a->max_nesting != b->max_nesting || a->max_batch_keys != b->max_batch_keys ||
+            a->drain_timeout_ms != b->drain_timeout_ms || strcmp(a->primary, b->primary) != 0 ||
+            strcmp(a->replicas, b->replicas) != 0 ||
+            strcmp(a->password_file, b->password_file) != 0 || a->db != b->db ||
+            a->connect_timeout_ms != b->connect_timeout_ms ||
+            a->command_timeout_ms != b->command_timeout_ms ||
+            strcmp(a->key_prefix, b->key_prefix) != 0 || a->default_ttl != b->default_ttl ||
+            a->max_ttl != b->max_ttl || a->log_level != b->log_level)
+                return false;
+        if (with_password && strcmp(a->password, b->password) != 0)
+                return false;
+        if (!addr_equal(&a->primary_addr, &b->primary_addr) || a->n_replicas != b->n_replicas)
+                return false;
+        for (int i = 0; i < a->n_replicas; i++) {
+                if (!addr_equal(&a->replica_addrs[i], &b->replica_addrs[i]))
+                        return false;
+        }
+        return true;
+}
+
+/* Loads content and checks the error is exactly "PATH" + at + why (at: ":N: " or ": "). */
+static void
+expect_error_at(int line, const char *content, int err_line, const char *why)
+{
+        char path[PATH_BUF], err[MSG_BUF], want[MSG_BUF];
+        struct config c;
+        int r;
+
+        r = load_text(content, &c, path, sizeof(path), err, sizeof(err));
+        if (err_line > 0)
+                snprintf(want, sizeof(want), "%s:%d: %s", path, err_line, why);
+        else
+                snprintf(want, sizeof(want), "%s: %s", path, why);
+        check_at(line, r == -1, "load should fail with \"%s\"", want);
+        check_at(line, r != -1 || strcmp(err, want) == 0, "error\n  got:  %s\n  want: %s", err,
+                 want);
+        check_at(line, is_default(&c), "a failed load must leave the defaults");
+        config_deinit(&c);
+}
+
+#define EXPECT_ERROR(content, err_line, why) expect_error_at(__LINE__, content, err_line, why)
+
+/* Loads content with the environment as it is; the error must be exactly want. */
+static void
+expect_env_error_at(int line, const char *content, const char *want)
+{
+        char path[PATH_BUF], err[MSG_BUF];
+        struct config c;
+        int r;
+
+        r = load_text(content, &c, path, sizeof(path), err, sizeof(err));
+        check_at(line, r == -1, "load should fail with \"%s\"", want);
+        check_at(line, r != -1 || strcmp(err, want) == 0, "error\n  got:  %s\n  want: %s", err,
+                 want);
+        config_deinit(&c);
+}
+
+#define EXPECT_ENV_ERROR(content, want) expect_env_error_at(__LINE__, content, want)
+
+static bool
+load_ok_at(int line, const char *content, struct config *c, char *path, size_t pathlen)
+{
+        char err[MSG_BUF];
+        int r;
+
+        r = load_text(content, c, path, pathlen, err, sizeof(err));
+        check_at(line, r == 0, "load should succeed, got: %s", err);
+        return r == 0;
+}
+
+#define LOAD_OK(content, c, path) load_ok_at(__LINE__, content, c, path, sizeof(path))
+
+static char *
+repeat(char ch, size_t n)
+{
+        char *s = malloc(n + 1);
+
+        if (s == NULL)
+                exit(2);
+        memset(s, ch, n);
+        s[n] = '\0';
+        return s;
+}
+
+static void
+test_defaults(void)
+{
+        struct config c;
+        char err[256], a[300];
+
+        CHECK(config_init(&c) == 0, "config_init");
+        CHECK(strcmp(c.socket, "/run/kcache/kcached.sock") == 0, "socket %s", c.socket);
+        CHECK(c.socket_mode == 0660, "socket_mode %o", c.socket_mode);
+        CHECK(c.max_clients == 1024, "max_clients");
+        CHECK(c.max_request_bytes == 8388608, "max_request_bytes");
+        CHECK(c.max_request_bytes >= 4 * 1024 * 1024, "max_request_bytes must default to >= 4 MiB");
+        CHECK(c.max_nesting == 16, "max_nesting");
+        CHECK(c.max_batch_keys == 10000, "max_batch_keys");
+        CHECK(c.drain_timeout_ms == 5000, "drain_timeout_ms");
+        CHECK(strcmp(c.primary, "127.0.0.1:6379") == 0, "primary");
+        CHECK(!c.primary_addr.is_unix && strcmp(c.primary_addr.host, "127.0.0.1") == 0 &&
+                      c.primary_addr.port == 6379,
+              "primary_addr");
+        CHECK(strcmp(c.replicas, "") == 0 && c.n_replicas == 0, "replicas");
+        CHECK(strcmp(c.password, "") == 0 && strcmp(c.password_file, "") == 0, "password");
+        CHECK(c.db == 0, "db");
+        CHECK(c.connect_timeout_ms == 1000 && c.command_timeout_ms == 1000, "timeouts");
+        CHECK(strcmp(c.key_prefix, "kc:") == 0, "key_prefix");
+        CHECK(c.default_ttl == 3600 && c.max_ttl == 2592000, "ttls");
+        CHECK(c.log_level == LOG_INFO, "log level");
+        CHECK(c.path == NULL, "path");
+        for (int i = 0; i < 64; i++)
+                CHECK(c.sources[i] == CONFIG_SRC_DEFAULT, "sources[%d]", i);
+        CHECK(strcmp(config_addr_str(&c.primary_addr, a, sizeof(a)), "127.0.0.1:6379") == 0,
+              "addr_str %s", a);
+        config_deinit(&c);
+
+        CHECK(config_load(&c, NULL, err, sizeof(err)) == 0, "load NULL: %s", err);
+        CHECK(is_default(&c) && c.path == NULL, "load NULL gives the defaults");
+        config_deinit(&c);
+
+        CHECK(strcmp(log_level_name(LOG_DEBUG), "debug") == 0 &&
+                      strcmp(log_level_name(LOG_INFO), "info") == 0 &&
+                      strcmp(log_level_name(LOG_WARN), "warn") == 0 &&
+                      strcmp(log_level_name(LOG_ERROR), "error") == 0 &&
+                      strcmp(log_level_name(7), "unknown") == 0 &&
+                      strcmp(log_level_name(-1), "unknown") == 0,
+              "log_level_name");
+}
+
+static const char full_file[] =
+        "; a full configuration\n"                                       /* 1 */
+        "[server]\n"                                                     /* 2 */
+        "socket = /tmp/kc test.sock\n"                                   /* 3 */
+        "socket_mode = 0600\n"                                           /* 4 */
+        "max_clients = 77\n"                                             /* 5 */
+        "max_request_bytes = 1073741824\n"                               /* 6 */
+        "max_nesting = 32\n"                                             /* 7 */
+        "max_batch_keys = 1\n"                                           /* 8 */
+        "drain_timeout_ms = 0\n"                                         /* 9 */
+        "\n"                                                             /* 10 */
+        "[redis]\n"                                                      /* 11 */
+        "primary = redis-1.example_net:7000\n"                           /* 12 */
+        "replicas = 10.0.0.2:7001 ,[::1]:7002,\tunix:/run/redis.sock \n" /* 13 */
+        "password = hunter2\n"                                           /* 14 */
+        "db = 15\n"                                                      /* 15 */
+        "connect_timeout_ms = 250\n"                                     /* 16 */
+        "command_timeout_ms = 600000\n"                                  /* 17 */
+        "# hash comment\n"                                               /* 18 */
+        "[cache]\n"                                                      /* 19 */
+        "key_prefix = app:v2:\n"                                         /* 20 */
+        "default_ttl = 60\n"                                             /* 21 */
+        "max_ttl = 2147483647\n"                                         /* 22 */
+        "[log]\n"                                                        /* 23 */
+        "level = debug\n";                                               /* 24 */
+
+static void
+test_full_file(void)
+{
+        struct config c;
+        char path[PATH_BUF], a[300];
+
+        if (!LOAD_OK(full_file, &c, path))
+                return;
+        CHECK(strcmp(c.socket, "/tmp/kc test.sock") == 0, "socket '%s'", c.socket);
+        CHECK(c.socket_mode == 0600, "socket_mode");
+        CHECK(c.max_clients == 77, "max_clients");
+        CHECK(c.max_request_bytes == 1073741824, "max_request_bytes");
+        CHECK(c.max_nesting == 32 && c.max_batch_keys == 1 && c.drain_timeout_ms == 0, "server");
+        CHECK(strcmp(c.primary, "redis-1.example_net:7000") == 0, "primary");
+        CHECK(strcmp(c.primary_addr.host, "redis-1.example_net") == 0 &&
+                      c.primary_addr.port == 7000,
+              "primary_addr");
+        CHECK(strcmp(c.replicas, "10.0.0.2:7001 ,[::1]:7002,\tunix:/run/redis.sock") == 0,
+              "replicas as written: '%s'", c.replicas);
+        CHECK(c.n_replicas == 3, "n_replicas %d", c.n_replicas);
+        if (c.n_replicas == 3) {
+                CHECK(strcmp(config_addr_str(&c.replica_addrs[0], a, sizeof(a)), "10.0.0.2:7001") ==
+                              0,
+                      "replica 0 %s", a);
+                CHECK(strcmp(c.replica_addrs[1].host, "::1") == 0 &&
+                              strcmp(config_addr_str(&c.replica_addrs[1], a, sizeof(a)),
+                                     "[::1]:7002") == 0,
+                      "replica 1 %s", a);
+                CHECK(c.replica_addrs[2].is_unix &&
+                              strcmp(c.replica_addrs[2].path, "/run/redis.sock") == 0 &&
+                              strcmp(config_addr_str(&c.replica_addrs[2], a, sizeof(a)),
+                                     "unix:/run/redis.sock") == 0,
+                      "replica 2 %s", a);
+        }
+        CHECK(strcmp(c.password, "hunter2") == 0, "password");
+        CHECK(c.db == 15 && c.connect_timeout_ms == 250 && c.command_timeout_ms == 600000,
+              "redis ints");
+        CHECK(strcmp(c.key_prefix, "app:v2:") == 0, "key_prefix");
+        CHECK(c.default_ttl == 60 && c.max_ttl == 2147483647, "ttls");
+        CHECK(c.log_level == LOG_DEBUG, "level");
+        CHECK(c.path != NULL && strcmp(c.path, path) == 0, "path");
+        for (int i = 0; i < N_KEYS; i++) {
+                /* password_file (index 10) is the one key the file leaves alone. */
+                CHECK(c.sources[i] == (i == 10 ? CONFIG_SRC_DEFAULT : CONFIG_SRC_FILE),
+                      "sources[%d] = %d", i, c.sources[i]);
+        }
+        config_deinit(&c);
+}
+
+static void
+test_syntax_errors(void)
+{
+        char *s, *line;
+        size_t n;
+
+        EXPECT_ERROR("[server]\nmax_clients = 1\n[servers]\nmax_clients = 2\n", 3,
+                     "[servers]: unknown section");
+        /* An unknown section with no keys: the handler would never see it. */
+        EXPECT_ERROR("[server]\n\n[bogus] ; nothing here\n", 3, "[bogus]: unknown section");
+        EXPECT_ERROR("[ server ]\n", 1, "[ server ]: unknown section");
+        EXPECT_ERROR("[server]\nmax_client = 5\n", 2, "[server] max_client: unknown key");
+        EXPECT_ERROR("[log]\nLevel = info\n", 2, "[log] Level: unknown key");
+        EXPECT_ERROR("[redis]\ndb = 1\n\n; again\ndb = 2\n", 5,
+                     "[redis] db: duplicate key (first set at line 2)");
+        /* The same key in a repeated section is still a duplicate. */
+        EXPECT_ERROR("[log]\nlevel = warn\n[server]\n[log]\nlevel = warn\n", 5,
+                     "[log] level: duplicate key (first set at line 2)");
+        EXPECT_ERROR("; top\nmax_clients = 5\n[server]\n", 2,
+                     "max_clients: key outside any [section]");
+        EXPECT_ERROR("[server]\nmax_clients\n", 2,
+                     "syntax error: expected [section], key = value or a comment");
+        EXPECT_ERROR("[server\nmax_clients = 5\n", 1,
+                     "syntax error: expected [section], key = value or a comment");
+        /* libinih would append "  6" to max_clients' value. */
+        EXPECT_ERROR("[server]\nmax_clients = 5\n  6\n", 3,
+                     "line starts with whitespace: libinih would append it to the previous "
+                     "key's value");
+        EXPECT_ERROR("[server]\nmax_clients = 5\n\t[redis]\n", 3,
+                     "line starts with whitespace: libinih would append it to the previous "
+                     "key's value");
+        {
+                static const char nul[] = "[server]\nmax_clients = 5\0 6\n";
+                char path[PATH_BUF], err[MSG_BUF], want[MSG_BUF];
+                struct config c;
+                write_bytes(path, sizeof(path), nul, sizeof(nul) - 1);
+                snprintf(want, sizeof(want), "%s:2: line contains a NUL byte", path);
+                CHECK(config_load(&c, path, err, sizeof(err)) == -1 && strcmp(err, want) == 0,
+                      "NUL byte: %s", err);
+                config_deinit(&c);
+        }
+        {
+                char path[PATH_BUF], err[MSG_BUF], want[MSG_BUF];
+                struct config c;
+                snprintf(path, sizeof(path), "%s/does-not-exist.ini", tmpdir);
+                CHECK(config_load(&c, path, err, sizeof(err)) == -1, "missing file");
+                snprintf(want, sizeof(want), "%s: cannot open: No such file or directory", path);
+                CHECK(strcmp(err, want) == 0, "missing file: %s", err);
+                CHECK(is_default(&c), "missing file leaves defaults");
+                config_deinit(&c);
+        }
+
+        /* Lines of 199 bytes (newline included) or more are refused; 198 pass. */
+        n = strlen("key_prefix = ");
+        s = repeat('x', 199 - n - 1);
+        if (asprintf(&line, "[cache]\nkey_prefix = %s\n[log]\n", s) < 0)
+                exit(2);
+        EXPECT_ERROR(line, 2, "line is 199 bytes long, at most 198 are allowed");
+        free(line);
+        free(s);
+        s = repeat('x', 198 - n - 1);
+        if (asprintf(&line, "[cache]\nkey_prefix = %s\n[log]\n", s) < 0)
+                exit(2);
+        {
+                struct config c;
+                char path[PATH_BUF];
+                if (LOAD_OK(line, &c, path)) {
+                        CHECK(strlen(c.key_prefix) == 198 - n - 1 && strcmp(c.key_prefix, s) == 0,
+                              "198-byte line kept whole");
+                        config_deinit(&c);
+                }
+        }
+        free(line);
+        free(s);
+        /* The last line, without a newline: 199 bytes refused, 198 accepted. */
+        s = repeat(';', 199);
+        if (asprintf(&line, "[log]\n%s", s) < 0)
+                exit(2);
+        EXPECT_ERROR(line, 2, "line is 199 bytes long, at most 198 are allowed");
+        free(line);
+        free(s);
+        s = repeat(';', 198);
+        {
+                struct config c;
+                char path[PATH_BUF];
+                if (LOAD_OK(s, &c, path))
+                        config_deinit(&c);
+        }
+        free(s);
+        s = repeat('#', 5000);
+        if (asprintf(&line, "[log]\n\n%s\n", s) < 0)
+                exit(2);
+        EXPECT_ERROR(line, 3, "line is 5001 bytes long, at most 198 are allowed");
+        free(line);
+        free(s);
+
+        /*
+         * The libinih hazard: cut at 199 bytes, the tail of this list would be
+         * read as a line of its own, and the first replicas silently kept.
+         */
+        {
+                char list[400] = "";
+                for (int i = 0; i < 16; i++) {
+                        char item[32];
+                        snprintf(item, sizeof(item), "%s10.1.1.%d:6379", i > 0 ? ", " : "", i);
+                        strcat(list, item);
+                }
+                if (asprintf(&line, "[redis]\nreplicas = %s\n", list) < 0)
+                        exit(2);
+                CHECK(strlen(list) + 12 > 199, "the replicas line must be long");
+                char why[64];
+                snprintf(why, sizeof(why), "line is %zu bytes long, at most 198 are allowed",
+                         strlen(list) + 12);
+                EXPECT_ERROR(line, 2, why);
+                free(line);
+        }
+}
+
+static void
+test_value_errors(void)
+{
+        EXPECT_ERROR("[server]\nmax_clients = 0\n", 2,
+                     "[server] max_clients: 0 is out of range 1..1000000");
+        EXPECT_ERROR("[server]\nmax_clients = -5\n", 2,
+                     "[server] max_clients: -5 is out of range 1..1000000");
+        EXPECT_ERROR("[server]\nmax_request_bytes = 1023\n", 2,
+                     "[server] max_request_bytes: 1023 is out of range 1024..1073741824");
+        EXPECT_ERROR("[redis]\ndb = 16\n", 2, "[redis] db: 16 is out of range 0..15");
+        EXPECT_ERROR("[cache]\nmax_ttl = 2147483648\n", 2,
+                     "[cache] max_ttl: 2147483648 is out of range 1..2147483647");
+        EXPECT_ERROR("[cache]\nmax_ttl = 99999999999999999999\n", 2,
+                     "[cache] max_ttl: 99999999999999999999 is out of range 1..2147483647");
+        EXPECT_ERROR("[server]\nmax_clients = 12abc\n", 2,
+                     "[server] max_clients: '12abc' is not a decimal integer");
+        EXPECT_ERROR("[server]\nmax_clients = +5\n", 2,
+                     "[server] max_clients: '+5' is not a decimal integer");
+        EXPECT_ERROR("[server]\nmax_clients = 0x10\n", 2,
+                     "[server] max_clients: '0x10' is not a decimal integer");
+        EXPECT_ERROR("[server]\nmax_clients = 1 000\n", 2,
+                     "[server] max_clients: '1 000' is not a decimal integer");
+        EXPECT_ERROR("[server]\nmax_clients = 1.5\n", 2,
+                     "[server] max_clients: '1.5' is not a decimal integer");
+        EXPECT_ERROR("[server]\nmax_clients = -\n", 2,
+                     "[server] max_clients: '-' is not a decimal integer");
+        EXPECT_ERROR("[server]\nmax_clients =\n", 2,
+                     "[server] max_clients: empty value (expected a decimal integer)");
+        EXPECT_ERROR("[server]\nmax_clients = ; a comment only\n", 2,
+                     "[server] max_clients: empty value (expected a decimal integer)");
+        EXPECT_ERROR("[server]\nsocket_mode = 0680\n", 2,
+                     "[server] socket_mode: '0680' is not an octal number");
+        EXPECT_ERROR("[server]\nsocket_mode = 01000\n", 2,
+                     "[server] socket_mode: 01000 is out of range 0..0777");
+        EXPECT_ERROR("[server]\nsocket_mode = rw-rw----\n", 2,
+                     "[server] socket_mode: 'rw-rw----' is not an octal number");
+        EXPECT_ERROR("[server]\nsocket_mode =\n", 2,
+                     "[server] socket_mode: empty value (expected an octal mode)");
+        EXPECT_ERROR("[server]\nsocket =\n", 2, "[server] socket: empty value (expected a path)");
+        EXPECT_ERROR("[log]\nlevel = verbose\n", 2,
+                     "[log] level: 'verbose' is not one of debug, info, warn, error");
+        EXPECT_ERROR("[log]\nlevel = INFO\n", 2,
+                     "[log] level: 'INFO' is not one of debug, info, warn, error");
+
+        /* Addresses, through the file. */
+        EXPECT_ERROR("[redis]\nprimary = localhost\n", 2,
+                     "[redis] primary: 'localhost' is not host:port, [v6]:port or unix:/path "
+                     "(missing :port)");
+        EXPECT_ERROR("[redis]\nprimary = localhost:0\n", 2,
+                     "[redis] primary: 'localhost:0': '0' is not a port (1..65535)");
+        EXPECT_ERROR("[redis]\nprimary = localhost:65536\n", 2,
+                     "[redis] primary: 'localhost:65536': '65536' is not a port (1..65535)");
+        EXPECT_ERROR("[redis]\nprimary = ::1:6379\n", 2,
+                     "[redis] primary: '::1:6379': an IPv6 address needs brackets: [v6]:port");
+        EXPECT_ERROR("[redis]\nprimary = unix:run/redis.sock\n", 2,
+                     "[redis] primary: 'unix:run/redis.sock': unix: needs an absolute path");
+        EXPECT_ERROR("[redis]\nprimary =\n", 2,
+                     "[redis] primary: empty value (expected host:port, [v6]:port or "
+                     "unix:/path)");
+        EXPECT_ERROR("[redis]\nreplicas = a:1,,b:2\n", 2,
+                     "[redis] replicas: empty item in the list");
+        EXPECT_ERROR("[redis]\nreplicas = a:1,\n", 2, "[redis] replicas: empty item in the list");
+        EXPECT_ERROR("[redis]\nreplicas = a:1, b\n", 2,
+                     "[redis] replicas: 'b' is not host:port, [v6]:port or unix:/path (missing "
+                     ":port)");
+        EXPECT_ERROR("[redis]\nreplicas = a:1,b:1,c:1,d:1,e:1,f:1,g:1,h:1,i:1,j:1,k:1,l:1,m:1,"
+                     "n:1,o:1,p:1,q:1\n",
+                     2, "[redis] replicas: more than 16 addresses");
+
+        /* Cross-key checks, named at the line of the key written last. */
+        EXPECT_ERROR("[cache]\nmax_ttl = 100\ndefault_ttl = 200\n", 3,
+                     "[cache] default_ttl: 200 is greater than max_ttl 100");
+        EXPECT_ERROR("[cache]\ndefault_ttl = 200\nmax_ttl = 100\n", 3,
+                     "[cache] max_ttl: 100 is less than default_ttl 200");
+        EXPECT_ERROR("[cache]\nmax_ttl = 100\n", 2,
+                     "[cache] max_ttl: 100 is less than default_ttl 3600");
+        EXPECT_ERROR("[redis]\npassword = x\npassword_file = /etc/passwd\n", 3,
+                     "[redis] password_file: cannot be used with password (line 2)");
+        EXPECT_ERROR("[redis]\npassword_file = /etc/passwd\n\npassword = x\n", 4,
+                     "[redis] password: cannot be used with password_file (line 2)");
+}
+
+static void
+test_parse_addr(void)
+{
+        struct config_addr a;
+        char err[MSG_BUF], s[600], out[400];
+        char *long_host, *long_path;
+
+        struct {
+                const char *in, *str;
+        } good[] = {
+                {"127.0.0.1:6379", "127.0.0.1:6379"},
+                {"redis.example.com:1", "redis.example.com:1"},
+                {"my_host-2:65535", "my_host-2:65535"},
+                {"[::1]:6380", "[::1]:6380"},
+                {"[2001:db8::1]:7000", "[2001:db8::1]:7000"},
+                {"unix:/run/redis/redis.sock", "unix:/run/redis/redis.sock"},
+        };
+        for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+                int r = config_parse_addr(good[i].in, &a, err, sizeof(err));
+                CHECK(r == 0, "parse_addr(%s): %s", good[i].in, err);
+                if (r == 0)
+                        CHECK(strcmp(config_addr_str(&a, out, sizeof(out)), good[i].str) == 0,
+                              "addr_str(%s) = %s", good[i].in, out);
+        }
+        CHECK(config_parse_addr("[::1]:6380", &a, err, sizeof(err)) == 0 && !a.is_unix &&
+                      strcmp(a.host, "::1") == 0 && a.port == 6380,
+              "v6 fields");
+        CHECK(config_parse_addr("unix:/x", &a, err, sizeof(err)) == 0 && a.is_unix &&
+                      strcmp(a.path, "/x") == 0,
+              "unix fields");
+
+        const char *bad[] = {
+                "",         "host",         "host:",      ":6379",         "host:0",
+                "host:-1",  "host:65536",   "host:6379x", "host:+6379",    "ho st:1",
+                "h*st:1",   "hóst:1",       "[::1]",      "[::1]6379",     "[::1:6379",
+                "[]:6379",  "[zz::1]:6379", "::1:6379",   "[::1]:0",       "unix:",
+                "unix:rel", "unix",         "tcp://h:1",  "[127.0.0.1]:1", "host:6379 ",
+        };
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                err[0] = '\0';
+                CHECK(config_parse_addr(bad[i], &a, err, sizeof(err)) == -1 && err[0] != '\0',
+                      "parse_addr('%s') must fail", bad[i]);
+        }
+
+        long_host = repeat('h', CONFIG_HOST_MAX - 1);
+        snprintf(s, sizeof(s), "%s:1", long_host);
+        CHECK(config_parse_addr(s, &a, err, sizeof(err)) == 0, "255-byte host: %s", err);
+        free(long_host);
+        long_host = repeat('h', CONFIG_HOST_MAX);
+        snprintf(s, sizeof(s), "%s:1", long_host);
+        CHECK(config_parse_addr(s, &a, err, sizeof(err)) == -1, "256-byte host must fail");
+        free(long_host);
+
+        long_path = repeat('p', CONFIG_PATH_MAX - 2);
+        snprintf(s, sizeof(s), "unix:/%s", long_path);
+        CHECK(config_parse_addr(s, &a, err, sizeof(err)) == 0 &&
+                      strlen(a.path) == CONFIG_PATH_MAX - 1,
+              "107-byte path: %s", err);
+        free(long_path);
+        long_path = repeat('p', CONFIG_PATH_MAX - 1);
+        snprintf(s, sizeof(s), "unix:/%s", long_path);
+        CHECK(config_parse_addr(s, &a, err, sizeof(err)) == -1, "108-byte path must fail");
+        free(long_path);
+}
+
+static void
+test_comments_and_forms(void)
+{
+        struct config c;
+        char path[PATH_BUF];
+
+        /* Inline comments need whitespace before ';'; '#' is only a whole-line comment. */
+        if (LOAD_OK("[server] ; the listener\n"
+                    "max_clients = 5 ; five\n"
+                    "socket = /tmp/x.sock\t; tab before\n"
+                    "[cache]\n"
+                    "key_prefix = a;b # not a comment\n",
+                    &c, path)) {
+                CHECK(c.max_clients == 5, "inline comment stripped");
+                CHECK(strcmp(c.socket, "/tmp/x.sock") == 0, "tab comment: '%s'", c.socket);
+                CHECK(strcmp(c.key_prefix, "a;b # not a comment") == 0, "key_prefix '%s'",
+                      c.key_prefix);
+                config_deinit(&c);
+        }
+        if (LOAD_OK("", &c, path)) {
+                CHECK(is_default(&c), "empty file gives the defaults");
+                CHECK(c.path != NULL && strcmp(c.path, path) == 0, "empty file: path kept");
+                config_deinit(&c);
+        }
+        if (LOAD_OK("; only\n# comments\n\n   \n  ; indented comment\n", &c, path)) {
+                CHECK(is_default(&c), "comment-only file gives the defaults");
+                config_deinit(&c);
+        }
+        /* CRLF line ends, a UTF-8 BOM, name: value, an indented first key. */
+        if (LOAD_OK("\xEF\xBB\xBF[server]\r\n  max_clients: 9\r\nmax_nesting=3\r\n[cache]\r\n"
+                    "key_prefix =\r\n",
+                    &c, path)) {
+                CHECK(c.max_clients == 9 && c.max_nesting == 3, "CRLF/BOM/colon");
+                CHECK(strcmp(c.key_prefix, "") == 0, "empty key_prefix");
+                config_deinit(&c);
+        }
+        /* Decimal only: leading zeros are still decimal; '-' is allowed before the range check. */
+        if (LOAD_OK("[server]\nmax_clients = 0010\nsocket_mode = 755\n[redis]\ndb = -0\n", &c,
+                    path)) {
+                CHECK(c.max_clients == 10 && c.socket_mode == 0755 && c.db == 0, "number forms");
+                config_deinit(&c);
+        }
+}
+
+static void
+test_env(void)
+{
+        static const char file[] = "[redis]\n"
+                                   "primary = 10.0.0.1:7000\n"
+                                   "connect_timeout_ms = 50\n"
+                                   "password_file = /nonexistent/kcache-password\n";
+        struct config c;
+        char path[PATH_BUF], want[MSG_BUF];
+
+        clear_env();
+
+        /* REDIS_PASSWORD wins over (and clears) password_file, so nothing is read. */
+        setenv("REDIS_HOST", "redis.example", 1);
+        setenv("REDIS_PASSWORD", "from env", 1);
+        setenv("REDIS_TIMEOUT", "0.5", 1);
+        setenv("REDIS_PORT", "", 1); /* empty: ignored */
+        if (LOAD_OK(file, &c, path)) {
+                CHECK(strcmp(c.primary, "redis.example:7000") == 0, "REDIS_HOST keeps port: %s",
+                      c.primary);
+                CHECK(strcmp(c.primary_addr.host, "redis.example") == 0 &&
+                              c.primary_addr.port == 7000,
+                      "primary_addr from env");
+                CHECK(c.sources[7] == CONFIG_SRC_ENV, "primary source");
+                CHECK(strcmp(c.password, "from env") == 0 && strcmp(c.password_file, "") == 0,
+                      "REDIS_PASSWORD");
+                CHECK(c.sources[9] == CONFIG_SRC_ENV && c.sources[10] == CONFIG_SRC_ENV,
+                      "password sources");
+                CHECK(c.connect_timeout_ms == 500 && c.command_timeout_ms == 500,
+                      "REDIS_TIMEOUT 0.5 -> %d %d", c.connect_timeout_ms, c.command_timeout_ms);
+                CHECK(c.sources[12] == CONFIG_SRC_ENV && c.sources[13] == CONFIG_SRC_ENV,
+                      "timeout sources");
+                CHECK(c.sources[0] == CONFIG_SRC_DEFAULT && c.sources[8] == CONFIG_SRC_DEFAULT,
+                      "others keep their sources");
+                config_deinit(&c);
+        }
+        clear_env();
+
+        setenv("REDIS_PORT", "7001", 1);
+        setenv("REDIS_TIMEOUT", "2", 1);
+        setenv("REDIS_REPLICAS_HOST_PORT", " r1:1 ,r2:2,[::2]:3", 1);
+        if (LOAD_OK("[redis]\nprimary = 10.0.0.1:7000\nreplicas = x:1\n", &c, path)) {
+                CHECK(strcmp(c.primary, "10.0.0.1:7001") == 0, "REDIS_PORT keeps host: %s",
+                      c.primary);
+                CHECK(c.connect_timeout_ms == 2000 && c.command_timeout_ms == 2000, "timeout 2");
+                CHECK(strcmp(c.replicas, " r1:1 ,r2:2,[::2]:3") == 0 && c.n_replicas == 3 &&
+                              strcmp(c.replica_addrs[2].host, "::2") == 0,
+                      "REDIS_REPLICAS_HOST_PORT replaces replicas");
+                CHECK(c.sources[8] == CONFIG_SRC_ENV, "replicas source");
+                config_deinit(&c);
+        }
+        clear_env();
+
+        setenv("REDIS_HOST", "::1", 1);
+        setenv("REDIS_PORT", "6390", 1);
+        if (LOAD_OK("[redis]\nprimary = unix:/run/redis.sock\n", &c, path)) {
+                CHECK(strcmp(c.primary, "[::1]:6390") == 0 &&
+                              strcmp(c.primary_addr.host, "::1") == 0,
+                      "v6 REDIS_HOST over a unix primary: %s", c.primary);
+                config_deinit(&c);
+        }
+        setenv("REDIS_HOST", "[::1]", 1);
+        unsetenv("REDIS_PORT");
+        if (LOAD_OK("", &c, path)) {
+                CHECK(strcmp(c.primary, "[::1]:6379") == 0, "bracketed REDIS_HOST: %s", c.primary);
+                config_deinit(&c);
+        }
+        clear_env();
+
+        /* Without the environment the same file fails on the unreadable password_file. */
+        {
+                char err[MSG_BUF];
+                struct config d;
+                write_file(path, sizeof(path), file);
+                snprintf(want, sizeof(want),
+                         "%s:4: [redis] password_file: cannot read "
+                         "'/nonexistent/kcache-password': No such file or directory",
+                         path);
+                CHECK(config_load(&d, path, err, sizeof(err)) == -1 && strcmp(err, want) == 0,
+                      "unreadable password_file\n  got:  %s\n  want: %s", err, want);
+                config_deinit(&d);
+        }
+
+        struct {
+                const char *var, *value, *err;
+        } bad[] = {
+                {"REDIS_PORT", "x", "env REDIS_PORT: 'x' is not a port"},
+                {"REDIS_PORT", "0", "env REDIS_PORT: '0' is not a port"},
+                {"REDIS_PORT", "65536", "env REDIS_PORT: '65536' is not a port"},
+                {"REDIS_PORT", " 80", "env REDIS_PORT: ' 80' is not a port"},
+                {"REDIS_HOST", "bad host",
+                 "env REDIS_HOST: 'bad host' is not a host name or IP address"},
+                {"REDIS_HOST", "unix:/x",
+                 "env REDIS_HOST: 'unix:/x' is not a host name or IP address"},
+                {"REDIS_HOST", "[::1", "env REDIS_HOST: '[::1' is not a host name or IP address"},
+                {"REDIS_TIMEOUT", "0",
+                 "env REDIS_TIMEOUT: '0' is not a number of seconds in (0, 600]"},
+                {"REDIS_TIMEOUT", "601",
+                 "env REDIS_TIMEOUT: '601' is not a number of seconds in (0, 600]"},
+                {"REDIS_TIMEOUT", "-1",
+                 "env REDIS_TIMEOUT: '-1' is not a number of seconds in (0, 600]"},
+                {"REDIS_TIMEOUT", "1s",
+                 "env REDIS_TIMEOUT: '1s' is not a number of seconds in (0, 600]"},
+                {"REDIS_TIMEOUT", ".5",
+                 "env REDIS_TIMEOUT: '.5' is not a number of seconds in (0, 600]"},
+                {"REDIS_TIMEOUT", "0.0000",
+                 "env REDIS_TIMEOUT: '0.0000' is not a number of seconds in (0, 600]"},
+                {"REDIS_REPLICAS_HOST_PORT", "a:1,b",
+                 "env REDIS_REPLICAS_HOST_PORT: 'b' is not host:port, [v6]:port or unix:/path (missing :port)"},
+        };
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                clear_env();
+                setenv(bad[i].var, bad[i].value, 1);
+                EXPECT_ENV_ERROR("[redis]\nprimary = 10.0.0.1:7000\n", bad[i].err);
+        }
+        clear_env();
+        setenv("REDIS_PORT", "6380", 1);
+        EXPECT_ENV_ERROR("[redis]\nprimary = unix:/run/redis.sock\n",
+                         "env REDIS_PORT: [redis] primary is a unix socket, set REDIS_HOST too");
+        clear_env();
+
+        /* Fractions: 600 is the top, a sub-millisecond rest rounds up. */
+        setenv("REDIS_TIMEOUT", "600.000", 1);
+        if (LOAD_OK("", &c, path)) {
+                CHECK(c.connect_timeout_ms == 600000, "600.000 s");
+                config_deinit(&c);
+        }
+        setenv("REDIS_TIMEOUT", "0.0001", 1);
+        if (LOAD_OK("", &c, path)) {
+                CHECK(c.connect_timeout_ms == 1, "0.0001 s -> %d ms", c.connect_timeout_ms);
+                config_deinit(&c);
+        }
+        setenv("REDIS_TIMEOUT", "1.25", 1);
+        if (LOAD_OK("", &c, path)) {
+                CHECK(c.command_timeout_ms == 1250, "1.25 s -> %d ms", c.command_timeout_ms);
+                config_deinit(&c);
+        }
+        clear_env();
+}
+
+static void
+test_password_file(void)
+{
+        struct config c;
+        char pw[PATH_BUF], path[PATH_BUF], ini[MSG_BUF], err[MSG_BUF], want[MSG_BUF];
+        char *big;
+
+        write_file(pw, sizeof(pw), "s3cret pass\n\n");
+        snprintf(ini, sizeof(ini), "[redis]\npassword_file = %s\n", pw);
+        if (LOAD_OK(ini, &c, path)) {
+                CHECK(strcmp(c.password, "s3cret pass") == 0, "trailing newlines stripped: '%s'",
+                      c.password);
+                CHECK(strcmp(c.password_file, pw) == 0, "password_file kept");
+                config_deinit(&c);
+        }
+        write_file(pw, sizeof(pw), "crlf\r\n");
+        snprintf(ini, sizeof(ini), "[redis]\npassword_file = %s\n", pw);
+        if (LOAD_OK(ini, &c, path)) {
+                CHECK(strcmp(c.password, "crlf") == 0, "CRLF stripped");
+                config_deinit(&c);
+        }
+        big = repeat('p', 1024);
+        write_file(pw, sizeof(pw), big);
+        snprintf(ini, sizeof(ini), "[redis]\npassword_file = %s\n", pw);
+        if (LOAD_OK(ini, &c, path)) {
+                CHECK(strlen(c.password) == 1024, "1 KiB password");
+                config_deinit(&c);
+        }
+        free(big);
+        big = repeat('p', 1025);
+        write_file(pw, sizeof(pw), big);
+        free(big);
+        snprintf(ini, sizeof(ini), "[redis]\npassword_file = %s\n", pw);
+        write_file(path, sizeof(path), ini);
+        snprintf(want, sizeof(want), "%s:2: [redis] password_file: '%s' is longer than 1024 bytes",
+                 path, pw);
+        CHECK(config_load(&c, path, err, sizeof(err)) == -1 && strcmp(err, want) == 0,
+              "big password file: %s", err);
+        config_deinit(&c);
+
+        write_file(pw, sizeof(pw), "\n");
+        snprintf(ini, sizeof(ini), "[redis]\n\npassword_file = %s\n", pw);
+        write_file(path, sizeof(path), ini);
+        snprintf(want, sizeof(want),
+                 "%s:3: [redis] password_file: '%s' must hold one non-empty line of text", path,
+                 pw);
+        CHECK(config_load(&c, path, err, sizeof(err)) == -1 && strcmp(err, want) == 0,
+              "empty password file: %s", err);
+        config_deinit(&c);
+
+        /* A directory opens but cannot be read. */
+        snprintf(ini, sizeof(ini), "[redis]\npassword_file = %s\n", tmpdir);
+        write_file(path, sizeof(path), ini);
+        snprintf(want, sizeof(want), "%s:2: [redis] password_file: cannot read '%s': %s", path,
+                 tmpdir, strerror(EISDIR));
+        CHECK(config_load(&c, path, err, sizeof(err)) == -1 && strcmp(err, want) == 0,
+              "directory as password file: %s", err);
+        config_deinit(&c);
+}
+
+static char *
+dump_text(const struct config *c)
+{
+        char *text = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&text, &len);
+
+        if (f == NULL)
+                exit(2);
+        config_dump(c, f);
+        fclose(f);
+        return text;
+}
+
+static void
+test_dump(void)
+{
+        struct config c, d;
+        char path[PATH_BUF], dpath[PATH_BUF], err[MSG_BUF], want[MSG_BUF];
+        char *text, *text2;
+
+        /* A full file plus the environment, dumped and loaded back. */
+        setenv("REDIS_PORT", "7100", 1);
+        setenv("REDIS_TIMEOUT", "3", 1);
+        if (!LOAD_OK(full_file, &c, path)) {
+                clear_env();
+                return;
+        }
+        clear_env();
+        text = dump_text(&c);
+        CHECK(strstr(text, "hunter2") == NULL, "the dump must not show the password");
+        CHECK(strstr(text, "\npassword = *** ; ") != NULL, "password as ***");
+        CHECK(strstr(text, "\nmax_batch_keys = 1 ; ") != NULL, "key = value lines");
+        CHECK(strstr(text, "\nprimary = redis-1.example_net:7100 ; env REDIS_") != NULL,
+              "env source named");
+        CHECK(strstr(text, "\ncommand_timeout_ms = 3000 ; env REDIS_TIMEOUT\n") != NULL,
+              "REDIS_TIMEOUT named");
+        CHECK(strstr(text, "\npassword_file = ; default\n") != NULL, "default source");
+        CHECK(strstr(text, "\nsocket_mode = 0600 ; ") != NULL, "octal mode in the dump");
+        CHECK(strstr(text, "\nlevel = debug ; ") != NULL, "level name in the dump");
+        CHECK(strstr(text, "\n[server]\n") != NULL && strstr(text, "\n[log]\n") != NULL,
+              "sections");
+#ifdef CONFIG_HAVE_ORIGINS
+        snprintf(want, sizeof(want), "\nmax_clients = 77 ; %s:5\n", path);
+        CHECK(strstr(text, want) != NULL, "FILE:LINE source in the dump");
+        CHECK(strstr(text, "\nprimary = redis-1.example_net:7100 ; env REDIS_PORT\n") != NULL,
+              "env REDIS_PORT exactly");
+#else
+        snprintf(want, sizeof(want), "\nmax_clients = 77 ; %s\n", path);
+        CHECK(strstr(text, want) != NULL, "FILE source in the dump");
+#endif
+
+        write_file(dpath, sizeof(dpath), text);
+        if (config_load(&d, dpath, err, sizeof(err)) != 0) {
+                CHECK(false, "the dump must load back: %s\n%s", err, text);
+        } else {
+                CHECK(config_equal(&c, &d, false), "dump round trip differs:\n%s", text);
+                CHECK(strcmp(d.password, "***") == 0, "password loads back as ***");
+                for (int i = 0; i < N_KEYS; i++) {
+                        CHECK(d.sources[i] == CONFIG_SRC_FILE, "dump reload sources[%d]", i);
+                }
+                /* Dumping the reloaded config gives the same values. */
+                text2 = dump_text(&d);
+                CHECK(strstr(text2, "\nprimary = redis-1.example_net:7100 ; ") != NULL,
+                      "second dump");
+                free(text2);
+                config_deinit(&d);
+        }
+        free(text);
+        config_deinit(&c);
+
+        /* Defaults round trip, and a value starting with ';' survives. */
+        if (LOAD_OK("[cache]\nkey_prefix =;x:\n", &c, path)) {
+                CHECK(strcmp(c.key_prefix, ";x:") == 0, "key_prefix ';x:'");
+                text = dump_text(&c);
+                write_file(dpath, sizeof(dpath), text);
+                if (config_load(&d, dpath, err, sizeof(err)) != 0) {
+                        CHECK(false, "dump with ';x:' must load back: %s", err);
+                } else {
+                        CHECK(config_equal(&c, &d, true), "';x:' round trip:\n%s", text);
+                        config_deinit(&d);
+                }
+                free(text);
+                config_deinit(&c);
+        }
+
+        /* A password from password_file is only mentioned, so the dump loads back. */
+        {
+                char pw[PATH_BUF], ini[MSG_BUF];
+                write_file(pw, sizeof(pw), "topsecret\n");
+                snprintf(ini, sizeof(ini), "[redis]\npassword_file = %s\n", pw);
+                if (LOAD_OK(ini, &c, path)) {
+                        text = dump_text(&c);
+                        CHECK(strstr(text, "topsecret") == NULL, "no secret in the dump");
+                        CHECK(strstr(text, "\n; password = *** (read from password_file)\n") !=
+                                      NULL,
+                              "password_file password noted:\n%s", text);
+                        write_file(dpath, sizeof(dpath), text);
+                        if (config_load(&d, dpath, err, sizeof(err)) != 0) {
+                                CHECK(false, "password_file dump must load back: %s", err);
+                        } else {
+                                CHECK(config_equal(&c, &d, true), "password_file round trip");
+                                config_deinit(&d);
+                        }
+                        free(text);
+                        config_deinit(&c);
+                }
+        }
+
+        /* A long env list: its source comment moves above it. */
+        setenv("REDIS_REPLICAS_HOST_PORT",
+               "replica-number-one.example.com:6379, replica-number-two.example.com:6379, "
+               "replica-number-three.example.com:6379, replica-number-four.example.com:6379, r5:10",
+               1);
+        if (LOAD_OK("", &c, path)) {
+                text = dump_text(&c);
+                CHECK(strstr(text,
+                             "\n; env REDIS_REPLICAS_HOST_PORT\nreplicas = replica-number-one") !=
+                              NULL,
+                      "long line comment above:\n%s", text);
+                free(text);
+                config_deinit(&c);
+        }
+        clear_env();
+}
+
+static char *
+read_all(const char *path)
+{
+        FILE *f = fopen(path, "re");
+        char *text = NULL;
+        size_t len = 0, cap = 0, n;
+
+        if (f == NULL)
+                return NULL;
+        for (;;) {
+                if (cap - len < 4096) {
+                        cap = cap * 2 + 4096;
+                        text = realloc(text, cap + 1);
+                        if (text == NULL)
+                                exit(2);
+                }
+                n = fread(text + len, 1, cap - len, f);
+                len += n;
+                if (n == 0)
+                        break;
+        }
+        fclose(f);
+        text[len] = '\0';
+        return text;
+}
+
+static void
+test_example(void)
+{
+        char *text = NULL, *disk, *uncommented, *p;
+        size_t len = 0;
+        FILE *f = open_memstream(&text, &len);
+        struct config c, d;
+        char path[PATH_BUF];
+
+        if (f == NULL)
+                exit(2);
+        config_write_example(f);
+        fclose(f);
+
+        /* Every line short enough, and the example loads as the defaults. */
+        for (p = text; *p != '\0';) {
+                size_t n = strcspn(p, "\n");
+                CHECK(n + 1 < 199, "example line too long: %.*s", (int)n, p);
+                CHECK(n == 0 || p[n - 1] != ' ', "trailing blank: %.*s", (int)n, p);
+                p += n + (p[n] == '\n');
+        }
+        if (LOAD_OK(text, &c, path)) {
+                CHECK(is_default(&c), "the example loads as the defaults");
+                config_deinit(&c);
+        }
+        /* Uncommenting every "; key = value" line sets each key to its default. */
+        uncommented = malloc(len + 1);
+        if (uncommented == NULL)
+                exit(2);
+        uncommented[0] = '\0';
+        for (p = text; *p != '\0';) {
+                size_t n = strcspn(p, "\n");
+                const char *eq = memchr(p, '=', n);
+                bool is_key =
+                        strncmp(p, "; ", 2) == 0 && eq != NULL && eq > p + 3 && eq[-1] == ' ' &&
+                        strspn(p + 2, "abcdefghijklmnopqrstuvwxyz_") == (size_t)(eq - 1 - (p + 2));
+                strncat(uncommented, is_key ? p + 2 : p, is_key ? n - 2 : n);
+                strcat(uncommented, "\n");
+                p += n + (p[n] == '\n');
+        }
+        if (LOAD_OK(uncommented, &c, path)) {
+                CHECK(is_default(&c), "the uncommented example gives the defaults");
+                for (int i = 0; i < N_KEYS; i++)
+                        CHECK(c.sources[i] == CONFIG_SRC_FILE, "uncommented key %d not set", i);
+                CHECK(config_init(&d) == 0 && config_equal(&c, &d, true), "defaults equal");
+                config_deinit(&d);
+                config_deinit(&c);
+        }
+        free(uncommented);
+
+        disk = read_all(EXAMPLE_PATH);
+        CHECK(disk != NULL, "cannot read %s (run from daemon/): %s", EXAMPLE_PATH, strerror(errno));
+        if (disk != NULL) {
+                CHECK(strcmp(disk, text) == 0,
+                      "%s differs from config_write_example(); regenerate it with: "
+                      "test-config --write-example > conf/kcached.ini",
+                      EXAMPLE_PATH);
+                free(disk);
+        }
+        free(text);
+}
+
+static int
+remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+        (void)st;
+        (void)flag;
+        (void)ftw;
+        if (remove(path) != 0)
+                perror(path);
+        return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+        const char *base = getenv("TMPDIR");
+
+        if (argc == 2 && strcmp(argv[1], "--write-example") == 0) {
+                config_write_example(stdout);
+                return fflush(stdout) == 0 ? 0 : 1;
+        }
+        if (argc != 1) {
+                fprintf(stderr, "usage: test-config [--write-example]\n");
+                return 2;
+        }
+        snprintf(tmpdir, sizeof(tmpdir), "%s/test-config.XXXXXX",
+                 base != NULL && base[0] != '\0' ? base : "/tmp");
+        if (mkdtemp(tmpdir) == NULL) {
+                perror("mkdtemp");
+                return 2;
+        }
+        clear_env();
+
+        test_defaults();
+        test_full_file();
+        test_syntax_errors();
+        test_value_errors();
+        test_parse_addr();
+        test_comments_and_forms();
+        test_env();
+        test_password_file();
+        test_dump();
+        test_example();
+
+        nftw(tmpdir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+        printf("%d passed, %d failed\n", n_passed, n_failed);
+        return n_failed == 0 ? 0 : 1;
+}
