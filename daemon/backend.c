@@ -42,12 +42,25 @@ struct backend {
         struct ev_loop *loop;      /* ref */
         const struct config *cfg;  /* ref */
         struct node primary;
+        void (*ready)(void *priv); /* first attempt finished; cleared once called */
+        void *ready_priv;
         char *handshake; /* RESP: AUTH, SELECT, PING; owned (hiredis format) */
         size_t handshake_len;
         unsigned n_handshake;
 };
 
 static void node_connect(struct node *n);
+
+static void
+backend_report_ready(struct backend *be)
+{
+        void (*ready)(void *) = be->ready;
+
+        if (ready == NULL)
+                return;
+        be->ready = NULL;
+        ready(be->ready_priv);
+}
 
 static void
 node_schedule_retry(struct node *n)
@@ -75,6 +88,7 @@ node_failed(struct node *n, const char *why)
                 log_debug("backend", "retry_failed", "backend: %s: %s", n->label, why);
         n->was_up = false;
         node_schedule_retry(n);
+        backend_report_ready(n->be);
 }
 
 static void
@@ -87,6 +101,7 @@ node_on_state(struct rconn *rc, enum rconn_event ev, const char *why)
                 n->was_up = true;
                 n->n_failures = 0;
                 n->backoff_ms = 0;
+                backend_report_ready(n->be);
                 return;
         }
         node_failed(n, why);
@@ -250,8 +265,10 @@ backend_free(struct backend *be)
 }
 
 void
-backend_start(struct backend *be)
+backend_start(struct backend *be, void (*ready)(void *priv), void *priv)
 {
+        be->ready = ready;
+        be->ready_priv = priv;
         node_connect(&be->primary);
 }
 

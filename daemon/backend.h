@@ -30,8 +30,12 @@ struct backend;
 int backend_new(struct backend **out, struct ev_loop *loop, const struct config *cfg);
 struct backend *backend_free(struct backend *be);
 
-/* Starts connecting to every node. */
-void backend_start(struct backend *be);
+/*
+ * Starts connecting to every node. ready(priv) is called once, when the first
+ * connection attempt to the primary has finished either way, so that the
+ * server can open its socket only when a request would find a settled state.
+ */
+void backend_start(struct backend *be, void (*ready)(void *priv), void *priv);
 
 /*
  * Sends a RESP command (n_replies replies' worth; fn sees the last) to a node

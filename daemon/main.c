@@ -67,6 +67,7 @@ main(int argc, char **argv)
         }
         if (config_load(&cfg, path, err, sizeof(err)) < 0) {
                 fprintf(stderr, "kcached: %s\n", err);
+                config_deinit(&cfg); /* a failed load leaves the defaults, which own memory */
                 return 1;
         }
         if (test_only) {

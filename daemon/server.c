@@ -2,6 +2,10 @@
 /*
  * server: listener, signals, drain, and the per-iteration flush (server.h).
  *
+ * The socket is created only once the first connection attempt to Redis
+ * has finished (or connect_timeout_ms passed): its appearance means that a
+ * request gets a settled answer, served or UNAVAILABLE, never a start-up race.
+ *
  * Start-up on the socket path: a live kcached answering there is never
  * disturbed (we refuse to start); a stale socket file left by a crash is
  * removed; any other kind of file is left alone and reported. The socket is
@@ -84,40 +88,38 @@ server_prepare_path(const char *path, char *err, size_t errlen)
 static int
 server_listen(struct server *srv, char *err, size_t errlen)
 {
-        const char *path = srv->cfg->socket;
         struct sockaddr_un sun = {.sun_family = AF_UNIX};
+        const char *what = "socket";
         mode_t old;
         int fd;
 
-        if (strlen(path) >= sizeof(sun.sun_path)) {
-                snprintf(err, errlen, "socket %s: path too long", path);
-                return -1;
-        }
-        if (server_prepare_path(path, err, errlen) < 0)
-                return -1;
-        snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path);
+        snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", srv->cfg->socket);
         fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd == -1) {
-                snprintf(err, errlen, "socket: %s", strerror(errno));
-                return -1;
-        }
+        if (fd == -1)
+                goto fail;
+        what = "bind";
         old = umask(0177);
         if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) == -1) {
                 umask(old);
-                snprintf(err, errlen, "socket %s: bind: %s", path, strerror(errno));
-                close(fd);
-                return -1;
+                goto fail;
         }
         umask(old);
-        if (chmod(path, srv->cfg->socket_mode) == -1 || listen(fd, 1024) == -1) {
-                snprintf(err, errlen, "socket %s: %s", path, strerror(errno));
-                unlink(path);
-                close(fd);
-                return -1;
-        }
+        what = "chmod";
+        if (chmod(sun.sun_path, srv->cfg->socket_mode) == -1)
+                goto fail_unlink;
+        what = "listen";
+        if (listen(fd, 1024) == -1)
+                goto fail_unlink;
         srv->lfd = fd;
         srv->is_listening = true;
         return 0;
+fail_unlink:
+        unlink(sun.sun_path);
+fail:
+        snprintf(err, errlen, "socket %s: %s: %s", sun.sun_path, what, strerror(errno));
+        if (fd != -1)
+                close(fd);
+        return -1;
 }
 
 static void
@@ -216,6 +218,35 @@ server_on_signal(struct ev_loop *loop, ev_signal *w, int revents)
         server_check_drained(srv);
 }
 
+/* The first Redis attempt finished (or took too long): open the socket. */
+static void
+server_on_ready(void *priv)
+{
+        struct server *srv = priv;
+        char err[300];
+
+        ev_timer_stop(srv->loop, &srv->ready_timer);
+        if (srv->is_listening || srv->is_draining)
+                return;
+        /* Someone may have taken the path meanwhile; check again, then bind. */
+        if (server_prepare_path(srv->cfg->socket, err, sizeof(err)) < 0 ||
+            server_listen(srv, err, sizeof(err)) < 0) {
+                log_error("server", "listen_failed", "server: %s", err);
+                srv->exit_code = 1;
+                ev_break(srv->loop, EVBREAK_ALL);
+                return;
+        }
+        ev_io_set(&srv->lio, srv->lfd, EV_READ);
+        ev_io_start(srv->loop, &srv->lio);
+        log_info("server", "listening", "server: listening on %s", srv->cfg->socket);
+}
+
+static void
+server_on_ready_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+        server_on_ready(server_of(w, ready_timer));
+}
+
 int
 server_init(struct server *srv, struct ev_loop *loop, const struct config *cfg, char *err,
             size_t errlen)
@@ -239,17 +270,25 @@ server_init(struct server *srv, struct ev_loop *loop, const struct config *cfg, 
                 return -1;
         }
         cache_init(srv);
-        if (server_listen(srv, err, errlen) < 0) {
-                srv->be = backend_free(srv->be);
-                msgpack_zone_destroy(&srv->zone);
-                return -1;
+        if (strlen(cfg->socket) >= sizeof(((struct sockaddr_un *)NULL)->sun_path)) {
+                snprintf(err, errlen, "socket %s: path too long", cfg->socket);
+                goto fail;
         }
-        ev_io_init(&srv->lio, server_on_accept, srv->lfd, EV_READ);
+        /* Refuse early when another kcached serves the path; bind comes later. */
+        if (server_prepare_path(cfg->socket, err, errlen) < 0)
+                goto fail;
+        ev_io_init(&srv->lio, server_on_accept, -1, EV_READ);
+        ev_timer_init(&srv->ready_timer, server_on_ready_timer,
+                      cfg->connect_timeout_ms / 1000.0 + 1.0, 0.);
         ev_signal_init(&srv->sig_term, server_on_signal, SIGTERM);
         ev_signal_init(&srv->sig_int, server_on_signal, SIGINT);
         ev_prepare_init(&srv->flush, server_on_prepare);
         ev_timer_init(&srv->drain_timer, server_on_drain_timeout, 0., 0.);
         return 0;
+fail:
+        srv->be = backend_free(srv->be);
+        msgpack_zone_destroy(&srv->zone);
+        return -1;
 }
 
 int
@@ -259,12 +298,11 @@ server_run(struct server *srv)
         ev_signal_start(srv->loop, &srv->sig_term);
         ev_signal_start(srv->loop, &srv->sig_int);
         ev_prepare_start(srv->loop, &srv->flush);
-        backend_start(srv->be);
-        ev_io_start(srv->loop, &srv->lio);
-        log_info("server", "listening", "server: listening on %s", srv->cfg->socket);
+        ev_timer_start(srv->loop, &srv->ready_timer);
+        backend_start(srv->be, server_on_ready, srv);
         ev_run(srv->loop, 0);
         log_info("server", "exit", "server: stopped");
-        return 0;
+        return srv->exit_code;
 }
 
 void
@@ -282,6 +320,7 @@ server_deinit(struct server *srv)
         ev_signal_stop(srv->loop, &srv->sig_term);
         ev_signal_stop(srv->loop, &srv->sig_int);
         ev_timer_stop(srv->loop, &srv->drain_timer);
+        ev_timer_stop(srv->loop, &srv->ready_timer);
         srv->be = backend_free(srv->be);
         resolve_deinit();
         msgpack_zone_destroy(&srv->zone);

@@ -32,6 +32,7 @@ struct server {
         ev_signal sig_int;
         ev_prepare flush;
         ev_timer drain_timer;
+        ev_timer ready_timer; /* listen even if the first Redis attempt hangs (slow DNS) */
         struct conn *conns;  /* owned, doubly linked */
         struct conn *dirty;  /* refs: conns with output to write this iteration */
         struct conn *dead;   /* owned: closed conns freed in the prepare hook */
@@ -41,6 +42,7 @@ struct server {
         msgpack_zone zone; /* decoded requests live here only while dispatched */
         bool is_draining;
         bool is_listening;
+        int exit_code;
         double started;
 };
 

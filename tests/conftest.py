@@ -1,0 +1,811 @@
+# SPDX-License-Identifier: MIT
+"""Integration test harness for kcache.
+
+Owns the processes a test needs: real redis-server instances on free loopback
+ports, kcached with an INI written into a per-test temporary directory, and a
+raw msgpack-RPC client that speaks the wire protocol byte by byte (so tests can
+send anything, including garbage).
+
+Rules every helper follows:
+  * every wait is a poll with a deadline, scaled by KCACHE_TEST_TIME_SCALE;
+  * every process started here is stopped by PID on every path (teardown);
+  * every test has its own short temporary directory and its own ports, so
+    test files can run in parallel (meson runs one process per file).
+
+Environment: KCACHED, KCACHE_CLI, LIBKCACHE (paths of the built artefacts,
+set by tests/meson.build), KCACHE_TEST_TIME_SCALE (float, default 1),
+REDIS_SERVER (default: redis-server on PATH).
+"""
+
+import errno
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+import msgpack
+import pytest
+
+TIME_SCALE = float(os.environ.get("KCACHE_TEST_TIME_SCALE") or "1")
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC_ROOT = os.path.dirname(HERE)
+
+
+def _artefact(env, *fallbacks):
+    v = os.environ.get(env)
+    if v:
+        return v
+    for f in fallbacks:
+        p = os.path.join(SRC_ROOT, f)
+        if os.path.exists(p):
+            return p
+    return os.path.join(SRC_ROOT, fallbacks[0])
+
+
+KCACHED = _artefact("KCACHED", "build/daemon/kcached", "build-tests/daemon/kcached")
+KCACHE_CLI = _artefact("KCACHE_CLI", "build/client/kcache", "build-tests/client/kcache")
+LIBKCACHE = _artefact("LIBKCACHE", "build/client/libkcache.so", "build-tests/client/libkcache.so")
+REDIS_SERVER = os.environ.get("REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
+
+SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error:", "UndefinedBehaviorSanitizer")
+
+
+def T(seconds):
+    """A duration scaled for slow builds (sanitizers, valgrind, loaded CI)."""
+    return seconds * TIME_SCALE
+
+
+def wait_until(pred, timeout, what="condition", interval=0.01):
+    """Polls pred() until it returns a truthy value; returns it. Fails after timeout (scaled)."""
+    deadline = time.monotonic() + T(timeout)
+    last_exc = None
+    while True:
+        try:
+            v = pred()
+            if v:
+                return v
+        except Exception as e:  # noqa: BLE001 - the predicate may fail while things start
+            last_exc = e
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {T(timeout):.2f}s waiting for {what}"
+                                 + (f" (last error: {last_exc!r})" if last_exc else ""))
+        time.sleep(interval)
+
+
+def free_port():
+    """A loopback TCP port nobody listens on right now (racy by nature: callers retry)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env(**extra):
+    """Environment for processes we spawn: without the LD_PRELOAD that the
+    libkcache tests may use to load an ASan-built library into Python, and
+    with the ASAN_OPTIONS the caller of the test suite asked for."""
+    env = dict(os.environ)
+    if "KCACHE_ORIG_LD_PRELOAD" in env:
+        orig = env.pop("KCACHE_ORIG_LD_PRELOAD")
+        if orig:
+            env["LD_PRELOAD"] = orig
+        else:
+            env.pop("LD_PRELOAD", None)
+    if "KCACHE_ORIG_ASAN_OPTIONS" in env:
+        orig = env.pop("KCACHE_ORIG_ASAN_OPTIONS")
+        if orig:
+            env["ASAN_OPTIONS"] = orig
+        else:
+            env.pop("ASAN_OPTIONS", None)
+    for k, v in extra.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = str(v)
+    return env
+
+
+REDIS_ENV_CLEARED = {k: None for k in ("REDIS_HOST", "REDIS_PORT", "REDIS_REPLICAS_HOST_PORT",
+                                         "REDIS_TIMEOUT", "REDIS_PASSWORD", "KCACHE_SOCKET")}
+
+
+def kcached_env(**extra):
+    """child_env() without the overrides kcached reads, unless a test sets them."""
+    return child_env(**{**REDIS_ENV_CLEARED, **extra})
+
+
+def tail(path, max_lines=200):
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError as e:
+        return f"<cannot read {path}: {e}>"
+    if len(lines) > max_lines:
+        lines = [f"... ({len(lines) - max_lines} lines cut)"] + lines[-max_lines:]
+    return "\n".join(lines)
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+# --------------------------------------------------------------------------
+# Redis: a tiny RESP client, to inspect what kcached really wrote.
+# --------------------------------------------------------------------------
+
+class RespError(Exception):
+    pass
+
+
+class Resp:
+    def __init__(self, port, timeout=5.0, password=None):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=T(timeout))
+        self.buf = b""
+        if password is not None:
+            self.cmd("AUTH", password)
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+    def _fill(self):
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("redis closed the connection")
+        self.buf += data
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            self._fill()
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def _read(self):
+        line = self._line()
+        t, rest = line[:1], line[1:]
+        if t == b"+":
+            return rest.decode()
+        if t == b"-":
+            raise RespError(rest.decode())
+        if t == b":":
+            return int(rest)
+        if t == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            while len(self.buf) < n + 2:
+                self._fill()
+            v, self.buf = self.buf[:n], self.buf[n + 2:]
+            return v
+        if t == b"*":
+            n = int(rest)
+            if n < 0:
+                return None
+            return [self._read() for _ in range(n)]
+        raise RespError(f"unexpected RESP line {line!r}")
+
+    def cmd(self, *args):
+        out = [b"*%d\r\n" % len(args)]
+        for a in args:
+            b = a if isinstance(a, bytes) else str(a).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+        self.sock.sendall(b"".join(out))
+        return self._read()
+
+
+class RedisServer:
+    """A real redis-server on a loopback port, in its own directory."""
+
+    def __init__(self, workdir, port=None, replicaof=None, name="redis", extra_args=(),
+                 password=None):
+        self.workdir = workdir
+        self.extra_args = list(extra_args)
+        self.password = password
+        self.fixed_port = port
+        self.replicaof = replicaof
+        self.name = name
+        self.port = port
+        self.proc = None
+        self.log_path = None
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def start(self):
+        attempts = 1 if self.fixed_port else 8
+        for attempt in range(attempts):
+            port = self.fixed_port or free_port()
+            d = os.path.join(self.workdir, f"{self.name}-{port}")
+            os.makedirs(d, exist_ok=True)
+            self.log_path = os.path.join(d, "redis.log")
+            args = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1",
+                    "--save", "", "--appendonly", "no", "--dir", d,
+                    "--daemonize", "no", "--logfile", "",
+                    # A replica's first sync starts at once, not after 5 s.
+                    "--repl-diskless-sync-delay", "0"]
+            if self.replicaof is not None:
+                args += ["--replicaof", "127.0.0.1", str(self.replicaof)]
+            if self.password is not None:
+                args += ["--requirepass", self.password]
+            args += [a.replace("{dir}", d) for a in self.extra_args]
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, env=child_env(),
+                                             cwd=d)
+            self.port = port
+            deadline = time.monotonic() + T(10)
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    break  # could not bind (port raced): try another one
+                if self._ping():
+                    return self
+                time.sleep(0.01)
+            self.stop()
+        raise AssertionError(f"{self.name} did not start; log:\n{tail(self.log_path)}")
+
+    def _ping(self):
+        try:
+            with Resp(self.port, timeout=0.5, password=self.password) as r:
+                return r.cmd("PING") == "PONG"
+        except (OSError, RespError):
+            return False
+
+    def client(self):
+        return Resp(self.port, password=self.password)
+
+    def cmd(self, *args):
+        with Resp(self.port, password=self.password) as r:
+            return r.cmd(*args)
+
+    def freeze(self):
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self):
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            # SIGKILL also ends a stopped process; Redis keeps no data here.
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=T(10))
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+
+# --------------------------------------------------------------------------
+# msgpack-RPC raw client.
+# --------------------------------------------------------------------------
+
+class ConnectionClosed(Exception):
+    pass
+
+
+def pack(obj):
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def pack_map_raw(pairs):
+    """A msgpack map from a list of (key, value) pairs: allows duplicate keys."""
+    n = len(pairs)
+    if n < 16:
+        head = bytes([0x80 | n])
+    elif n < 65536:
+        head = b"\xde" + struct.pack(">H", n)
+    else:
+        head = b"\xdf" + struct.pack(">I", n)
+    return head + b"".join(pack(k) + pack(v) for k, v in pairs)
+
+
+def pack_array_raw(packed_items):
+    """A msgpack array whose items are already packed bytes."""
+    n = len(packed_items)
+    if n < 16:
+        head = bytes([0x90 | n])
+    elif n < 65536:
+        head = b"\xdc" + struct.pack(">H", n)
+    else:
+        head = b"\xdd" + struct.pack(">I", n)
+    return head + b"".join(packed_items)
+
+
+def raw_request(msgid, method, params_packed):
+    """[0, msgid, method, params] where params is already packed bytes."""
+    return pack_array_raw([pack(0), pack(msgid), pack(method), params_packed])
+
+
+class RpcClient:
+    """A msgpack-RPC client on kcached's Unix socket that hides nothing."""
+
+    def __init__(self, path, timeout=5.0):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(T(timeout))
+        self.sock.connect(path)
+        self.sock.setblocking(False)
+        self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False,
+                                         max_buffer_size=256 * 1024 * 1024)
+        self.next_msgid = 1
+        self.stash = {}          # msgid -> [error, result] received out of order
+        self.notifications = []  # [method, params] received
+        self.others = []         # anything else received
+        self.eof = False
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+    # -- sending
+    def send_raw(self, data):
+        self.sock.setblocking(True)
+        self.sock.settimeout(T(10))
+        try:
+            self.sock.sendall(data)
+        finally:
+            self.sock.setblocking(False)
+
+    def send(self, obj):
+        self.send_raw(pack(obj))
+
+    def request(self, method, params, msgid=None):
+        if msgid is None:
+            msgid = self.next_msgid
+            self.next_msgid = (self.next_msgid + 1) & 0xFFFFFFFF
+        self.send([0, msgid, method, list(params)])
+        return msgid
+
+    def notify(self, method, params):
+        self.send([2, method, list(params)])
+
+    # -- receiving
+    def _read_some(self, deadline):
+        """Reads what is available into the unpacker; False on timeout."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        r, _, _ = select.select([self.sock], [], [], remaining)
+        if not r:
+            return False
+        try:
+            data = self.sock.recv(1 << 20)
+        except (ConnectionResetError, BrokenPipeError):
+            data = b""
+        except BlockingIOError:
+            return True
+        if not data:
+            self.eof = True
+            raise ConnectionClosed("kcached closed the connection")
+        self.unpacker.feed(data)
+        return True
+
+    def recv_obj(self, timeout=5.0):
+        """The next msgpack object from the server. Raises TimeoutError or ConnectionClosed."""
+        deadline = time.monotonic() + T(timeout)
+        while True:
+            try:
+                return next(self.unpacker)
+            except StopIteration:
+                pass
+            if self.eof:
+                raise ConnectionClosed("kcached closed the connection")
+            if not self._read_some(deadline):
+                raise TimeoutError(f"no object from kcached within {T(timeout):.2f}s")
+
+    def _file(self, obj):
+        if isinstance(obj, list) and len(obj) == 4 and obj[0] == 1:
+            self.stash[obj[1]] = [obj[2], obj[3]]
+        elif isinstance(obj, list) and len(obj) == 3 and obj[0] == 2:
+            self.notifications.append([obj[1], obj[2]])
+        else:
+            self.others.append(obj)
+
+    def recv_response(self, msgid, timeout=5.0):
+        """(error, result) of msgid; other messages are kept for later."""
+        deadline = time.monotonic() + T(timeout)
+        while msgid not in self.stash:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no response for msgid {msgid} within {T(timeout):.2f}s")
+            self._file(self.recv_obj(remaining / TIME_SCALE))
+        err, res = self.stash.pop(msgid)
+        return err, res
+
+    def recv_notification(self, timeout=5.0):
+        deadline = time.monotonic() + T(timeout)
+        while not self.notifications:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no notification")
+            self._file(self.recv_obj(remaining / TIME_SCALE))
+        return self.notifications.pop(0)
+
+    def call(self, method, *params, timeout=5.0):
+        msgid = self.request(method, params)
+        return self.recv_response(msgid, timeout)
+
+    def ok(self, method, *params, timeout=5.0):
+        """call() that asserts success and returns the result."""
+        err, res = self.call(method, *params, timeout=timeout)
+        assert err is None, f"{method}{list(params)!r} failed: {err!r}"
+        return res
+
+    def is_closed(self, timeout=2.0):
+        """True once the server has closed the connection (anything received
+        before that is kept); False if it is still open after timeout."""
+        deadline = time.monotonic() + T(timeout)
+        while True:
+            if self.eof:
+                return True
+            try:
+                if not self._read_some(deadline):
+                    return False
+            except ConnectionClosed:
+                return True
+            while True:
+                try:
+                    self._file(next(self.unpacker))
+                except StopIteration:
+                    break
+                except Exception:  # noqa: BLE001 - garbage from the server still counts
+                    break
+
+
+def err_code(err):
+    """The code of a msgpack-RPC error object, or None."""
+    if err is None:
+        return None
+    assert isinstance(err, dict), f"error is not a map: {err!r}"
+    assert isinstance(err.get("code"), str), f"error without code: {err!r}"
+    assert isinstance(err.get("message"), str), f"error without message: {err!r}"
+    return err["code"]
+
+
+# --------------------------------------------------------------------------
+# kcached.
+# --------------------------------------------------------------------------
+
+def default_ini(sock, redis_port):
+    return {
+        "server": {"socket": sock, "drain_timeout_ms": int(1000 * TIME_SCALE)},
+        "redis": {"primary": f"127.0.0.1:{redis_port}",
+                  "connect_timeout_ms": int(1000 * TIME_SCALE),
+                  "command_timeout_ms": int(2000 * TIME_SCALE)},
+        "cache": {"key_prefix": "kc:"},
+        "log": {"level": "debug"},
+    }
+
+
+def render_ini(sections):
+    out = []
+    for sec, kv in sections.items():
+        out.append(f"[{sec}]")
+        for k, v in kv.items():
+            if v is not None:
+                out.append(f"{k} = {v}")
+        out.append("")
+    return "\n".join(out)
+
+
+class Kcached:
+    """One kcached process with its INI and log in the test's directory."""
+
+    def __init__(self, workdir, redis_port, ini=None, env=None, name="kcached", sock=None):
+        self.workdir = workdir
+        self.name = name
+        self.sock = sock or os.path.join(workdir, f"{name}.sock")
+        self.ini_path = os.path.join(workdir, f"{name}.ini")
+        self.log_path = os.path.join(workdir, f"{name}.log")
+        self.sections = default_ini(self.sock, redis_port)
+        for sec, kv in (ini or {}).items():
+            self.sections.setdefault(sec, {}).update(kv)
+        self.env = env or {}
+        self.proc = None
+        self.procs = []  # every process started, for teardown
+        self.clients = []
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def write_ini(self):
+        with open(self.ini_path, "w") as f:
+            f.write(render_ini(self.sections))
+
+    def start(self, wait=True):
+        self.write_ini()
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- start {time.strftime('%H:%M:%S')} ---\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen([KCACHED, "-c", self.ini_path], stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=kcached_env(**self.env), cwd=self.workdir)
+        self.procs.append(self.proc)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def ping_ok(self):
+        try:
+            with RpcClient(self.sock, timeout=0.5) as c:
+                return c.call("ping", timeout=0.5) == (None, "pong")
+        except (OSError, TimeoutError, ConnectionClosed):
+            return False
+
+    def wait_ready(self, timeout=10):
+        deadline = time.monotonic() + T(timeout)
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"kcached exited with {self.proc.returncode} at start; "
+                                     f"log:\n{tail(self.log_path)}")
+            if self.ping_ok():
+                return
+            time.sleep(0.01)
+        raise AssertionError(f"kcached did not answer ping in time; log:\n{tail(self.log_path)}")
+
+    def client(self, timeout=5.0):
+        c = RpcClient(self.sock, timeout=timeout)
+        self.clients.append(c)
+        return c
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def freeze(self):
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self):
+        if self.alive():
+            os.kill(self.proc.pid, signal.SIGCONT)
+
+    def signal(self, sig):
+        os.kill(self.proc.pid, sig)
+
+    def wait_exit(self, timeout=10):
+        try:
+            return self.proc.wait(timeout=T(timeout))
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"kcached (pid {self.proc.pid}) did not exit within "
+                                 f"{T(timeout):.1f}s; log:\n{tail(self.log_path)}")
+
+    def terminate(self, timeout=10):
+        """SIGTERM and wait; returns the exit status."""
+        self.thaw()
+        self.signal(signal.SIGTERM)
+        return self.wait_exit(timeout)
+
+    def kill(self):
+        if self.alive():
+            os.kill(self.proc.pid, signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(timeout=T(10))
+
+    def restart(self):
+        if self.alive():
+            assert self.terminate() == 0
+        return self.start()
+
+    def rss_kb(self):
+        return rss_kb(self.proc.pid)
+
+    def log_text(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def teardown(self):
+        """Stops every process started; returns a problem description or None."""
+        for c in self.clients:
+            c.close()
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    os.kill(p.pid, signal.SIGCONT)
+                    os.kill(p.pid, signal.SIGTERM)
+                    p.wait(timeout=T(5))
+                except subprocess.TimeoutExpired:
+                    os.kill(p.pid, signal.SIGKILL)
+                    p.wait(timeout=T(10))
+                except ProcessLookupError:
+                    pass
+        text = self.log_text()
+        for m in SANITIZER_MARKERS:
+            if m in text:
+                return f"{self.name}: sanitizer report in log ({m}):\n{tail(self.log_path)}"
+        return None
+
+
+class Harness:
+    """What one test started: a short temporary directory, Redis servers, kcacheds."""
+
+    def __init__(self):
+        # Short path: a Unix socket path must fit in 108 bytes.
+        self.tmp = tempfile.mkdtemp(prefix="kct-", dir="/tmp")
+        self.redises = []
+        self.kcacheds = []
+        self.extra_logs = []
+
+    def redis(self, port=None, replicaof=None, start=True, extra_args=(), password=None):
+        """extra_args may use "{dir}" for the server's own directory."""
+        r = RedisServer(self.tmp, port=port, replicaof=replicaof,
+                        name=f"redis{len(self.redises)}", extra_args=extra_args,
+                        password=password)
+        self.redises.append(r)
+        if start:
+            r.start()
+        return r
+
+    def kcached(self, redis=None, ini=None, env=None, start=True, redis_port=None, sock=None):
+        port = redis_port if redis_port is not None else (redis.port if redis else free_port())
+        name = "kcached" if not self.kcacheds else f"kcached{len(self.kcacheds)}"
+        k = Kcached(self.tmp, port, ini=ini, env=env, name=name, sock=sock)
+        self.kcacheds.append(k)
+        if start:
+            k.start()
+        return k
+
+    def logs(self):
+        out = []
+        for k in self.kcacheds:
+            out.append((f"{k.name} log ({k.log_path})", tail(k.log_path)))
+        for r in self.redises:
+            if r.log_path:
+                out.append((f"{r.name} log", tail(r.log_path, 40)))
+        for name, path in self.extra_logs:
+            out.append((name, tail(path)))
+        return out
+
+    def teardown(self):
+        problems = []
+        for k in reversed(self.kcacheds):
+            p = k.teardown()
+            if p:
+                problems.append(p)
+        for r in reversed(self.redises):
+            try:
+                r.thaw()
+                r.stop()
+            except Exception as e:  # noqa: BLE001 - keep tearing down the rest
+                problems.append(f"{r.name}: {e!r}")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return problems
+
+
+# --------------------------------------------------------------------------
+# Fixtures.
+# --------------------------------------------------------------------------
+
+@pytest.fixture
+def harness(request):
+    h = Harness()
+    request.node._kc_harness = h
+    yield h
+    problems = h.teardown()
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def redis(harness):
+    return harness.redis()
+
+
+@pytest.fixture
+def replica(harness, redis):
+    """A redis-server replicating the `redis` fixture, link up."""
+    r = harness.redis(replicaof=redis.port)
+
+    def link_up():
+        info = r.cmd("INFO", "replication").decode()
+        return "master_link_status:up" in info
+    wait_until(link_up, 10, "replica link up")
+    return r
+
+
+@pytest.fixture
+def kcd(harness, redis):
+    return harness.kcached(redis)
+
+
+@pytest.fixture
+def cli(kcd):
+    return kcd.client()
+
+
+def _asan_runtime(lib):
+    """Path of the ASan runtime a shared library links against, or None."""
+    try:
+        out = subprocess.run(["ldd", lib], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"(lib(?:clang_rt\.)?asan[^\s]*\.so[^\s]*)\s*=>\s*(\S+)", out)
+    return m.group(2) if m else None
+
+
+def pytest_configure(config):
+    """A libkcache built with -fsanitize=address can only be loaded into a
+    process whose first library is the ASan runtime: when the libkcache tests
+    are selected, re-execute this pytest with the runtime preloaded and leak
+    checking off (it would report Python's own allocations). child_env() gives
+    the daemons and tools we spawn the original settings back."""
+    wants_lib = not config.args or any(
+        os.path.isdir(a) or os.path.basename(a.split("::")[0]).startswith("test_libkcache")
+        for a in config.args)
+    if not wants_lib or not os.path.exists(LIBKCACHE):
+        return
+    rt = _asan_runtime(LIBKCACHE)
+    if not rt or rt in os.environ.get("LD_PRELOAD", ""):
+        return
+    if os.environ.get("KCACHE_TEST_REEXEC"):
+        raise pytest.UsageError(f"cannot preload {rt} for {LIBKCACHE}")
+    env = dict(os.environ)
+    env["KCACHE_TEST_REEXEC"] = "1"
+    env["KCACHE_ORIG_LD_PRELOAD"] = env.get("LD_PRELOAD", "")
+    env["KCACHE_ORIG_ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "")
+    env["LD_PRELOAD"] = rt + (":" + env["LD_PRELOAD"] if env.get("LD_PRELOAD") else "")
+    env["ASAN_OPTIONS"] = "detect_leaks=0:abort_on_error=1"
+    # pytest has redirected fds 1 and 2 to capture files: give them back first.
+    capman = config.pluginmanager.getplugin("capturemanager")
+    if capman is not None:
+        capman.suspend_global_capture(in_=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, getattr(sys, "orig_argv", [sys.executable] + sys.argv), env)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call" and rep.failed:
+        h = getattr(item, "_kc_harness", None)
+        if h is not None:
+            for name, text in h.logs():
+                rep.sections.append((name, text))
+
+
+def assert_healthy(kcd):
+    """The daemon is alive and a fresh client can ping, set and get."""
+    assert kcd.alive(), f"kcached died (status {kcd.proc.returncode}); log:\n{tail(kcd.log_path)}"
+    with RpcClient(kcd.sock) as c:
+        assert c.call("ping") == (None, "pong")
+        key = "health:%d" % time.monotonic_ns()
+        assert c.call("set", key, b"ok") == (None, True)
+        assert c.call("get", key) == (None, b"ok")
+    assert kcd.alive()
+
+
+__all__ = [
+    "T", "TIME_SCALE", "wait_until", "free_port", "rss_kb", "tail", "child_env",
+    "Resp", "RespError", "RedisServer", "RpcClient", "ConnectionClosed", "pack",
+    "pack_map_raw", "pack_array_raw", "raw_request", "err_code", "Kcached", "Harness",
+    "assert_healthy", "KCACHED", "KCACHE_CLI", "LIBKCACHE", "errno",
+]

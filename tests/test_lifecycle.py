@@ -1,0 +1,265 @@
+# SPDX-License-Identifier: MIT
+"""kcached's life: Redis down or frozen, draining on SIGTERM, the socket file."""
+
+import os
+import signal
+import socket
+import time
+
+import pytest
+
+from conftest import (RpcClient, T, assert_healthy, err_code, free_port, pack, wait_until)
+
+
+def connect_fails(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+    except OSError:
+        return True
+    finally:
+        s.close()
+    return False
+
+
+def test_redis_down_at_start_then_up(harness):
+    port = free_port()
+    k = harness.kcached(redis_port=port, ini={"redis": {"command_timeout_ms": 5000,
+                                                        "connect_timeout_ms": 5000}})
+    pid = k.pid
+    c = k.client()
+    # kcached answers itself without Redis.
+    assert c.call("ping") == (None, "pong")
+    assert c.ok("hello")["server"] == "kcached"
+    for method, params in (("get", ["k"]), ("set", ["k", b"v"]), ("mget", [["a", "b"]]),
+                           ("del", [["a"]]), ("ttl", ["k"])):
+        t0 = time.monotonic()
+        err, res = c.call(method, *params, timeout=10)
+        dt = time.monotonic() - t0
+        assert err_code(err) == "UNAVAILABLE", (method, err, res)
+        # "At once": far sooner than command_timeout_ms (5 s).
+        assert dt < T(2.0), f"{method}: UNAVAILABLE took {dt:.3f}s"
+    harness.redis(port=port)
+    wait_until(lambda: c.call("set", "k", b"v", timeout=5) == (None, True), 10,
+               "kcached to reconnect to the new Redis")
+    assert c.call("get", "k") == (None, b"v")
+    assert k.pid == pid and k.alive()
+    assert_healthy(k)
+
+
+def test_redis_dies_then_comes_back(harness, redis):
+    k = harness.kcached(redis, ini={"redis": {"command_timeout_ms": 5000}})
+    c = k.client()
+    c.ok("set", "k", b"v")
+    port = redis.port
+    redis.stop()
+
+    def unavailable():
+        t0 = time.monotonic()
+        err, _ = c.call("get", "k", timeout=10)
+        return err_code(err) == "UNAVAILABLE" and time.monotonic() - t0 < T(2.0)
+    wait_until(unavailable, 5, "UNAVAILABLE (fast) while Redis is down")
+    assert c.call("ping") == (None, "pong")
+    harness.redis(port=port)
+    wait_until(lambda: c.call("set", "k2", b"v2", timeout=5) == (None, True), 10,
+               "kcached to reconnect")
+    assert c.call("get", "k2") == (None, b"v2")
+    assert k.alive()
+
+
+def test_redis_frozen_timeout_then_recovers(harness, redis):
+    k = harness.kcached(redis, ini={"redis": {"command_timeout_ms": 300}})
+    c = k.client()
+    c.ok("set", "f", b"frozen")
+    redis.freeze()
+    try:
+        t0 = time.monotonic()
+        err, res = c.call("get", "f", timeout=10)
+        dt = time.monotonic() - t0
+        assert err_code(err) == "TIMEOUT", (err, res)
+        assert dt >= 0.25, f"TIMEOUT after {dt:.3f}s, before command_timeout_ms"
+        assert dt < 0.3 + T(1.0), f"TIMEOUT after {dt:.3f}s"
+        # Local methods do not wait for Redis.
+        assert c.call("ping", timeout=1) == (None, "pong")
+    finally:
+        redis.thaw()
+    wait_until(lambda: c.call("get", "f", timeout=5) == (None, b"frozen"), 10,
+               "get to work again after SIGCONT")
+    # A late reply from Redis is never delivered as the answer of another request.
+    c.ok("set", "g", b"other")
+    assert c.call("get", "g") == (None, b"other")
+    assert c.call("get", "f") == (None, b"frozen")
+    assert_healthy(k)
+
+
+def test_drain_answers_in_flight_request(harness, redis):
+    k = harness.kcached(redis, ini={"server": {"drain_timeout_ms": int(20000 * T(1))},
+                                    "redis": {"command_timeout_ms": int(20000 * T(1))}})
+    c = k.client()
+    c.ok("set", "d", b"drained")
+    redis.freeze()
+    msgid = c.request("get", ["d"])
+    # A local request after it proves that kcached has read the get.
+    assert c.call("ping") == (None, "pong")
+    k.signal(signal.SIGTERM)
+    wait_until(lambda: not os.path.exists(k.sock), 1, "socket file removed after SIGTERM")
+    assert connect_fails(k.sock)
+    assert k.alive(), "kcached exited with a request in flight"
+    redis.thaw()
+    assert c.recv_response(msgid, timeout=10) == (None, b"drained")
+    assert c.is_closed(timeout=5)
+    assert k.wait_exit(10) == 0
+
+
+def test_drain_timeout_answers_unavailable(harness, redis):
+    k = harness.kcached(redis, ini={"server": {"drain_timeout_ms": 300},
+                                    "redis": {"command_timeout_ms": int(20000 * T(1))}})
+    c = k.client()
+    c.ok("set", "d", b"v")
+    redis.freeze()
+    msgid = c.request("get", ["d"])
+    assert c.call("ping") == (None, "pong")
+    t0 = time.monotonic()
+    k.signal(signal.SIGTERM)
+    err, res = c.recv_response(msgid, timeout=10)
+    dt = time.monotonic() - t0
+    assert err_code(err) == "UNAVAILABLE", (err, res)
+    assert dt < 0.3 + T(2.0), f"in-flight request answered after {dt:.3f}s"
+    assert k.wait_exit(10) == 0
+    assert not os.path.exists(k.sock)
+
+
+def test_drain_idle_connections_exit_at_once(harness, redis):
+    k = harness.kcached(redis, ini={"server": {"drain_timeout_ms": 30000}})
+    idle = [k.client() for _ in range(5)]
+    for c in idle:
+        assert c.call("ping") == (None, "pong")
+    t0 = time.monotonic()
+    k.signal(signal.SIGTERM)
+    assert k.wait_exit(10) == 0
+    assert time.monotonic() - t0 < T(3.0), "idle connections held the drain"
+    for c in idle:
+        assert c.is_closed(timeout=1)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_exit_zero_and_socket_removed(kcd, sig):
+    assert os.path.exists(kcd.sock)
+    kcd.signal(sig)
+    assert kcd.wait_exit(10) == 0
+    assert not os.path.exists(kcd.sock)
+
+
+def test_stale_socket_file_removed(harness, redis):
+    path = os.path.join(harness.tmp, "stale.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    s.close()  # the file stays, nobody listens
+    assert os.path.exists(path) and connect_fails(path)
+    k = harness.kcached(redis, sock=path)
+    assert_healthy(k)
+
+
+def test_second_kcached_on_live_socket_refuses(harness, redis):
+    k1 = harness.kcached(redis)
+    k2 = harness.kcached(redis, sock=k1.sock, start=False)
+    k2.start(wait=False)
+    rc = k2.wait_exit(10)
+    assert rc == 1, f"second kcached exit status {rc}"
+    assert "in use" in k2.log_text(), k2.log_text()
+    assert os.path.exists(k1.sock)
+    assert_healthy(k1)
+
+
+def test_restart_same_socket(harness, redis):
+    k = harness.kcached(redis)
+    c = k.client()
+    c.ok("set", "persist", b"v")
+    old = k.pid
+    k.restart()
+    assert k.pid != old
+    assert_healthy(k)
+    assert k.client().call("get", "persist") == (None, b"v")
+
+
+def test_sigkill_leaves_stale_socket_then_restart(harness, redis):
+    k = harness.kcached(redis)
+    k.kill()
+    assert os.path.exists(k.sock)  # nobody removed it
+    k.start()
+    assert_healthy(k)
+
+
+def test_frozen_kcached_then_continue(kcd):
+    c = kcd.client()
+    kcd.freeze()
+    try:
+        msgid = c.request("ping", [])
+        with pytest.raises(TimeoutError):
+            c.recv_response(msgid, timeout=0.3)
+    finally:
+        kcd.thaw()
+    assert c.recv_response(msgid) == (None, "pong")
+    assert_healthy(kcd)
+
+
+def test_with_replica(harness, redis, replica):
+    k = harness.kcached(redis, ini={"redis": {"replicas": f"127.0.0.1:{replica.port}"}})
+    c = k.client()
+    c.ok("set", "r", b"replicated")
+    assert redis.cmd("GET", b"kc:r") == b"replicated"
+    wait_until(lambda: replica.cmd("GET", b"kc:r") == b"replicated", 5, "replication")
+    # Reads may go to the replica; once replicated they see the value.
+    wait_until(lambda: c.call("get", "r") == (None, b"replicated"), 5, "get")
+    assert c.call("mget", ["r", "nope"]) == (None, [b"replicated", None])
+    assert_healthy(k)
+
+
+def test_replica_down_reads_still_work(harness, redis, replica):
+    k = harness.kcached(redis, ini={"redis": {"replicas": f"127.0.0.1:{replica.port}"}})
+    c = k.client()
+    c.ok("set", "r", b"v")
+    replica.stop()
+    # With the replica gone, reads are served by the primary (after at most a
+    # few failures while kcached notices).
+    wait_until(lambda: c.call("get", "r") == (None, b"v"), 5, "get served without replica")
+    for _ in range(20):
+        assert c.call("get", "r") == (None, b"v")
+
+
+def test_many_connects_and_disconnects(kcd):
+    for i in range(300):
+        with RpcClient(kcd.sock) as c:
+            if i % 10 == 0:
+                assert c.call("ping") == (None, "pong")
+    assert_healthy(kcd)
+
+
+def test_first_request_right_after_start_is_served(harness, redis):
+    """The socket appears only when kcached is ready: with Redis up, a request
+    sent the moment the socket accepts must be served, not UNAVAILABLE (the
+    harness, and applications, rely on this)."""
+    k = harness.kcached(redis, start=False)
+    bad = []
+    for i in range(10):
+        k.start(wait=False)
+        deadline = time.monotonic() + T(10)
+        while True:
+            assert time.monotonic() < deadline, "kcached socket never accepted"
+            assert k.alive(), k.log_text()
+            try:
+                c = RpcClient(k.sock)
+                break
+            except OSError:
+                time.sleep(0.001)
+        with c:
+            # Sent together with the first bytes on the socket.
+            c.send_raw(b"".join([
+                pack([0, 1, "set", [f"early{i}", b"v"]]),
+                pack([0, 2, "get", [f"early{i}"]])]))
+            r1 = c.recv_response(1)
+            r2 = c.recv_response(2)
+        if r1 != (None, True) or r2 != (None, b"v"):
+            bad.append((i, r1, r2))
+        assert k.terminate() == 0
+    assert not bad, f"requests right after start were not served: {bad}"
