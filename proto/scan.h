@@ -10,7 +10,8 @@
  * once, not once per read. Limits are checked as soon as a header is seen:
  *   - a str/bin/ext length, or a container count (maps count twice), that
  *     cannot fit in what max_bytes leaves of the frame -> SCAN_E_TOO_LARGE
- *   - more than max_elems objects in the frame in total  -> SCAN_E_TOO_LARGE
+ *   - more than max_elems objects announced in the frame (the top-level
+ *     object plus every container's declared count)     -> SCAN_E_TOO_LARGE
  *   - containers nested deeper than max_nesting          -> SCAN_E_TOO_DEEP
  *   - the byte 0xc1 (never used by msgpack)              -> SCAN_E_INVALID
  * The top-level object itself has depth 0; [[x]] has depth 2.
@@ -34,12 +35,12 @@ enum {
 struct scan_limits {
         size_t max_bytes;     /* whole frame, header included */
         size_t max_elems;     /* objects in the frame, containers included */
-        unsigned max_nesting; /* <= SCAN_MAX_NESTING */
+        unsigned max_nesting; /* <= 32: msgpack-c's decoder refuses deeper frames */
 };
 
 struct scan {
         size_t pos;      /* bytes of the current frame already walked */
-        size_t n_elems;  /* objects seen so far */
+        size_t n_elems;  /* objects announced so far (see max_elems) */
         unsigned depth;  /* open containers */
         uint64_t left[SCAN_MAX_NESTING + 1]; /* objects still due in each open container */
 };
