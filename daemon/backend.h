@@ -1,15 +1,22 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * backend: the Redis nodes kcached talks to, and the choice of node for each
- * command. This is the seam between request handling (cache.c) and
- * connections (rconn.c): callers say whether a command reads or writes, and
- * get exactly one callback, or BACKEND_E_UNAVAILABLE at once when no node can
- * take it (never a wait for a timeout).
+ * backend: the Redis nodes kcached talks to, their health, and the choice of
+ * node for each command. This is the seam between request handling (cache.c)
+ * and connections (rconn.c): a caller says whether a command reads or writes
+ * and gets exactly one completion, or BACKEND_E_UNAVAILABLE at once when no
+ * node can take it (never a wait for a timeout).
  *
- * v0: one connection to the primary, reconnected with capped exponential
- * backoff; host names resolved off the loop on every (re)connect; AUTH and
- * SELECT sent as the connection's handshake. Pools, replicas and failover
- * grow here without changing the interface.
+ *   backend_call() --pick node--> node pool (least in-flight conn) --> rconn
+ *        ^                                                          |
+ *        +-- retry a read once elsewhere on conn loss / attempt ----+
+ *            timeout / node-class error (-LOADING, -BUSY, ...)
+ *
+ * Nodes: one primary and any number of replicas, each with a pool of
+ * connections, a probe every [health] interval_ms (the primary's probe writes
+ * the lag heartbeat, the replicas' probes read it back), and up/down state
+ * from consecutive failures and successes of probes and real commands.
+ * With [sentinel], the topology comes from Sentinel (sentinel.c) and moves
+ * at run time through backend_set_topology().
  */
 #ifndef KCACHE_BACKEND_H
 #define KCACHE_BACKEND_H
@@ -20,11 +27,58 @@
 #include "daemon/config.h"
 #include "daemon/rconn.h"
 
-enum { BACKEND_E_UNAVAILABLE = 1 };
-
-enum backend_route { BACKEND_READ = 1, BACKEND_WRITE = 2 };
-
+struct json;
+struct node;
 struct backend;
+
+enum {
+        BACKEND_E_UNAVAILABLE = 1, /* returned: no node can take the command now */
+        /* completion err values besides 0 (reply) */
+        BACKEND_E_DOWN = RCONN_E_DOWN, /* the node's connection was lost */
+        BACKEND_E_READONLY = 10,       /* a write hit a replica: the primary moved */
+};
+
+enum backend_route {
+        BACKEND_READ = 1,         /* where read_from says */
+        BACKEND_WRITE = 2,        /* the primary, never retried */
+        BACKEND_READ_PRIMARY = 3, /* a read that must see the primary (read-your-writes) */
+};
+
+/*
+ * Which pool connection a client last used. A client's requests that are
+ * pipelined (sent while earlier ones are in flight) stay on that connection,
+ * so Redis sees them in the client's order; otherwise the least loaded
+ * connection is taken. Ids, not pointers: nodes come and go with Sentinel.
+ */
+struct backend_affinity {
+        uint64_t node_id;
+        int idx;
+        bool is_sticky; /* set by the owner: it has other requests in flight */
+};
+
+/*
+ * One command in flight through the backend, embedded in its owner (a
+ * request). It must stay valid until completion or backend_call_cancel():
+ * the owner's memory is never freed while a call is active.
+ */
+struct bcall {
+        rconn_reply_fn fn; /* the owner's completion */
+        void *priv;        /* opaque, the owner's */
+        uint32_t gen;      /* the owner's generation, passed back to fn */
+        struct backend *be;  /* ref */
+        struct node *node;   /* ref: node of the current attempt */
+        struct backend_affinity *aff; /* ref, owned by the client connection; may be NULL */
+        uint32_t attempt_gen; /* handed to rconn; bumped so stale replies miss */
+        unsigned n_replies;
+        enum backend_route route;
+        bool is_active;
+        int n_tries;
+        char *cmd; /* owned copy for a retry; NULL when no retry is possible */
+        size_t len;
+        ev_tstamp sent_at;
+        ev_tstamp deadline;
+        ev_timer attempt_timer;
+};
 
 /* cfg is a ref: it must outlive the backend. */
 int backend_new(struct backend **out, struct ev_loop *loop, const struct config *cfg);
@@ -32,21 +86,47 @@ struct backend *backend_free(struct backend *be);
 
 /*
  * Starts connecting to every node. ready(priv) is called once, when the first
- * connection attempt to the primary has finished either way, so that the
- * server can open its socket only when a request would find a settled state.
+ * connection attempt to the primary has finished either way (or, with
+ * Sentinel, when discovery first finished), so that the server opens its
+ * socket only when a request would find a settled state.
  */
 void backend_start(struct backend *be, void (*ready)(void *priv), void *priv);
 
+/* Once per bcall before first use. */
+void bcall_init(struct bcall *c);
+
 /*
- * Sends a RESP command (n_replies replies' worth; fn sees the last) to a node
- * fit for route. 0: fn(priv, gen, ...) will be called exactly once, possibly
- * with RCONN_E_DOWN. BACKEND_E_UNAVAILABLE: no node can take it now; fn is
- * not called. -ENOMEM.
+ * Sends a RESP command (n_replies replies' worth; fn sees the last). 0: fn
+ * will be called exactly once (err 0 with the reply, BACKEND_E_DOWN, or
+ * BACKEND_E_READONLY), unless backend_call_cancel() comes first.
+ * BACKEND_E_UNAVAILABLE: no node can take it; fn is not called. -ENOMEM.
+ * cmd is copied if needed. deadline is absolute (ev_now time).
  */
-int backend_submit(struct backend *be, enum backend_route route, const char *cmd, size_t len,
-                   unsigned n_replies, rconn_reply_fn fn, void *priv, uint32_t gen);
+int backend_call(struct backend *be, struct bcall *c, enum backend_route route, const char *cmd,
+                 size_t len, unsigned n_replies, ev_tstamp deadline,
+                 struct backend_affinity *aff, rconn_reply_fn fn, void *priv, uint32_t gen);
+
+/* The owner gave up (deadline): fn will not be called. Safe on idle calls. */
+void backend_call_cancel(struct bcall *c);
 
 /* True if some node accepts commands now. */
 bool backend_is_up(const struct backend *be);
+
+/* Readiness: 0 ok, 1 degraded, 2 down, with a reason in why. */
+int backend_health(struct backend *be, char *why, size_t whylen);
+
+/* The admin socket's `backends` object. */
+void backend_write_json(struct backend *be, struct json *j);
+
+/*
+ * Sentinel's view of the topology: moves the primary (its connections are
+ * closed and remade; client connections are not touched) and adds/removes
+ * replicas. Addresses are IP literals or host names.
+ */
+void backend_set_topology(struct backend *be, const struct config_addr *primary,
+                          const struct config_addr *replicas, int n_replicas);
+
+/* The primary's address as now used (for logs and the admin socket). */
+const struct config_addr *backend_primary_addr(const struct backend *be);
 
 #endif

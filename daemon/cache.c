@@ -163,6 +163,27 @@ arg_ttl(struct req *r, bool present, int64_t v, int64_t *ttl, const char *what)
 
 /* --- submitting and completing ------------------------------------------ */
 
+/* Reads honour the per-call consistency option. */
+static enum backend_route
+read_route(const struct opts *o)
+{
+        return (o->present & KC_OPT_consistency) ? BACKEND_READ_PRIMARY : BACKEND_READ;
+}
+
+/* consistency: "primary" is the only value (read-your-writes). */
+static bool
+arg_consistency(struct req *r, const struct opts *o)
+{
+        if (!(o->present & KC_OPT_consistency))
+                return true;
+        if (o->s[RPC_OPT_consistency].n == 7 &&
+            memcmp(o->s[RPC_OPT_consistency].p, "primary", 7) == 0)
+                return true;
+        req_fail(r, RPC_ERR_BAD_REQUEST, "%s: consistency must be \"primary\"",
+                 rpc_methods[r->method].name);
+        return false;
+}
+
 static void
 cache_submit(struct req *r, enum backend_route route, unsigned n_replies, rconn_reply_fn fn)
 {
@@ -172,8 +193,11 @@ cache_submit(struct req *r, enum backend_route route, unsigned n_replies, rconn_
                 req_fail(r, RPC_ERR_INTERNAL, "out of memory");
                 return;
         }
-        rc = backend_submit(cache_srv->be, route, (const char *)buf_head(&cache_cmd),
-                            buf_size(&cache_cmd), n_replies, fn, r, r->gen);
+        req_start_deadline(r, cache_srv->cfg->command_timeout_ms);
+        r->conn->aff.is_sticky = r->conn->n_inflight > 1;
+        rc = backend_call(cache_srv->be, &r->call, route, (const char *)buf_head(&cache_cmd),
+                          buf_size(&cache_cmd), n_replies, r->deadline, &r->conn->aff, fn, r,
+                          r->gen);
         if (rc == BACKEND_E_UNAVAILABLE) {
                 req_fail(r, RPC_ERR_UNAVAILABLE, "no Redis node is reachable");
                 return;
@@ -182,7 +206,6 @@ cache_submit(struct req *r, enum backend_route route, unsigned n_replies, rconn_
                 req_fail(r, RPC_ERR_INTERNAL, "out of memory");
                 return;
         }
-        req_start_deadline(r, cache_srv->cfg->command_timeout_ms);
         /* Keep the scratch buffer from pinning a huge mset forever. */
         buf_shrink(&cache_cmd, 64 * 1024);
 }
@@ -198,6 +221,17 @@ cache_reply_req(void *priv, uint32_t gen, const redisReply *reply, int err)
 
         if (r == NULL)
                 return NULL;
+        if (ev_now(cache_srv->loop) > r->deadline) {
+                /* The deadline timer is due in this same iteration: it wins. */
+                r->is_timeout = true;
+                req_fail(r, RPC_ERR_TIMEOUT, "no answer from Redis within command_timeout_ms (%d ms)",
+                         cache_srv->cfg->command_timeout_ms);
+                return NULL;
+        }
+        if (err == BACKEND_E_READONLY) {
+                req_fail(r, RPC_ERR_UNAVAILABLE, "the primary moved (Redis answered READONLY)");
+                return NULL;
+        }
         if (err != 0) {
                 req_fail(r, RPC_ERR_UNAVAILABLE, "connection to Redis lost");
                 return NULL;
@@ -402,12 +436,12 @@ handler_get(struct req *r, const msgpack_object *args, const struct opts *o)
         const char *key;
         size_t klen;
 
-        if (!arg_key(r, &args[0], &key, &klen, "key"))
+        if (!arg_key(r, &args[0], &key, &klen, "key") || !arg_consistency(r, o))
                 return;
         resp_start(2);
         resp_str("GET");
         resp_key(key, klen);
-        cache_submit(r, BACKEND_READ, 1, on_bulk);
+        cache_submit(r, read_route(o), 1, on_bulk);
 }
 
 void
@@ -468,13 +502,15 @@ handler_del(struct req *r, const msgpack_object *args, const struct opts *o)
 void
 handler_mget(struct req *r, const msgpack_object *args, const struct opts *o)
 {
-        keys_command(r, &args[0], "MGET", on_array_of_bulk, BACKEND_READ);
+        if (arg_consistency(r, o))
+                keys_command(r, &args[0], "MGET", on_array_of_bulk, read_route(o));
 }
 
 void
 handler_exists(struct req *r, const msgpack_object *args, const struct opts *o)
 {
-        keys_command(r, &args[0], "EXISTS", on_integer, BACKEND_READ);
+        if (arg_consistency(r, o))
+                keys_command(r, &args[0], "EXISTS", on_integer, read_route(o));
 }
 
 void
@@ -530,12 +566,12 @@ handler_ttl(struct req *r, const msgpack_object *args, const struct opts *o)
         const char *key;
         size_t klen;
 
-        if (!arg_key(r, &args[0], &key, &klen, "key"))
+        if (!arg_key(r, &args[0], &key, &klen, "key") || !arg_consistency(r, o))
                 return;
         resp_start(2);
         resp_str("TTL");
         resp_key(key, klen);
-        cache_submit(r, BACKEND_READ, 1, on_integer);
+        cache_submit(r, read_route(o), 1, on_integer);
 }
 
 void

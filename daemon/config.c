@@ -36,14 +36,16 @@
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 enum config_type {
-        CONFIG_T_STRING,    /* char *, any text */
-        CONFIG_T_PATH,      /* char *, non-empty, fits sun_path */
-        CONFIG_T_ADDR,      /* char *, one config_parse_addr() address */
-        CONFIG_T_ADDR_LIST, /* char *, comma list of addresses, may be empty */
-        CONFIG_T_INT,       /* int, decimal, range-checked */
-        CONFIG_T_INT64,     /* int64_t, decimal, range-checked */
-        CONFIG_T_MODE,      /* unsigned, octal, range-checked */
-        CONFIG_T_LEVEL,     /* int, a log_level_name() */
+        CONFIG_T_STRING,        /* char *, any text */
+        CONFIG_T_PATH,          /* char *, non-empty, fits sun_path */
+        CONFIG_T_PATH_OPT,      /* char *, empty (feature off) or a path that fits sun_path */
+        CONFIG_T_ADDR,          /* char *, one config_parse_addr() address */
+        CONFIG_T_ADDR_LIST,     /* char *, comma list of addresses, may be empty */
+        CONFIG_T_TCP_ADDR_LIST, /* char *, like ADDR_LIST without unix: */
+        CONFIG_T_INT,           /* int, decimal, range-checked */
+        CONFIG_T_INT64,         /* int64_t, decimal, range-checked */
+        CONFIG_T_MODE,          /* unsigned, octal, range-checked */
+        CONFIG_T_ENUM,          /* int, the index of one of the row's names[] */
 };
 
 struct config_key {
@@ -54,7 +56,8 @@ struct config_key {
         int64_t min, max;
         bool reloadable;
         const char *help;
-        const char *env; /* variables that override it, for the docs; NULL for none */
+        const char *env;          /* variables that override it, for the docs; NULL for none */
+        const char *const *names; /* CONFIG_T_ENUM: the values, NULL-terminated */
 };
 
 /* Indexes into config_keys[] and sources[]; the table uses them as designators. */
@@ -73,6 +76,22 @@ enum {
         K_DB,
         K_CONNECT_TIMEOUT_MS,
         K_COMMAND_TIMEOUT_MS,
+        K_POOL_SIZE,
+        K_REPLICA_POOL_SIZE,
+        K_READ_FROM,
+        K_REPLICA_ATTEMPT_TIMEOUT_MS,
+        K_MAX_INFLIGHT_PER_NODE,
+        K_RECONNECT_MAX_MS,
+        K_MAX_REPLICA_LAG_MS,
+        K_HEALTH_INTERVAL_MS,
+        K_HEALTH_TIMEOUT_MS,
+        K_FAILURE_THRESHOLD,
+        K_RECOVERY_THRESHOLD,
+        K_SENTINEL_ADDRESSES,
+        K_SENTINEL_MASTER_NAME,
+        K_SENTINEL_PASSWORD,
+        K_ADMIN_SOCKET,
+        K_ADMIN_SOCKET_MODE,
         K_KEY_PREFIX,
         K_DEFAULT_TTL,
         K_MAX_TTL,
@@ -92,19 +111,43 @@ _Static_assert(K_COUNT <= ARRAY_SIZE(((struct config *)0)->sources),
 #define FIELD(f, T) (offsetof(struct config, f) + _Generic(((struct config *)0)->f, T: 0))
 #define INT_KIND(f) _Generic(((struct config *)0)->f, int: CONFIG_T_INT, int64_t: CONFIG_T_INT64)
 
-#define KEY_STR(id, sec, name, kind, def, rel, env, help) \
-        [id] = {sec, #name, kind, FIELD(name, char *), def, 0, 0, rel, help, env}
-#define KEY_INT(id, sec, name, def, lo, hi, rel, env, help) \
-        [id] = {sec, #name, INT_KIND(name), offsetof(struct config, name), def, lo, hi, rel, \
-                help, env}
+/* The _AS forms are for keys whose INI name is not their field's name ([health] interval_ms). */
+#define KEY_STR_AS(id, sec, name, f, kind, def, rel, env, help) \
+        [id] = {sec, name, kind, FIELD(f, char *), def, 0, 0, rel, help, env, NULL}
+#define KEY_STR(id, sec, f, kind, def, rel, env, help) \
+        KEY_STR_AS(id, sec, #f, f, kind, def, rel, env, help)
+#define KEY_INT_AS(id, sec, name, f, def, lo, hi, rel, env, help) \
+        [id] = {sec, name, INT_KIND(f), offsetof(struct config, f), def, lo, hi, rel, help, env, \
+                NULL}
+#define KEY_INT(id, sec, f, def, lo, hi, rel, env, help) \
+        KEY_INT_AS(id, sec, #f, f, def, lo, hi, rel, env, help)
+#define KEY_MODE(id, sec, name, f, def, rel, help) \
+        [id] = {sec, name, CONFIG_T_MODE, FIELD(f, unsigned), def, 0, 0777, rel, help, NULL, NULL}
+#define KEY_ENUM(id, sec, name, f, values, def, rel, help) \
+        [id] = {sec, name, CONFIG_T_ENUM, FIELD(f, int), def, 0, 0, rel, help, NULL, values}
 /* clang-format on */
+
+/* Indexed by enum log_level and enum config_read_from; NULL-terminated for CONFIG_T_ENUM. */
+static const char *const log_level_names[] = {
+        [LOG_DEBUG] = "debug",
+        [LOG_INFO] = "info",
+        [LOG_WARN] = "warn",
+        [LOG_ERROR] = "error",
+        NULL,
+};
+
+static const char *const read_from_names[] = {
+        [READ_FROM_REPLICA] = "replica",
+        [READ_FROM_PRIMARY] = "primary",
+        [READ_FROM_ANY] = "any",
+        NULL,
+};
 
 static const struct config_key config_keys[K_COUNT] = {
         KEY_STR(K_SOCKET, "server", socket, CONFIG_T_PATH, "/run/kcache/kcached.sock", false, NULL,
                 "Path of the Unix socket clients connect to."),
-        [K_SOCKET_MODE] = {"server", "socket_mode", CONFIG_T_MODE, FIELD(socket_mode, unsigned),
-                           "0660", 0, 0777, false, "Permission bits of the socket, in octal.",
-                           NULL},
+        KEY_MODE(K_SOCKET_MODE, "server", "socket_mode", socket_mode, "0660", false,
+                 "Permission bits of the socket, in octal."),
         KEY_INT(K_MAX_CLIENTS, "server", max_clients, "1024", 1, 1000000, true, NULL,
                 "Client connections served at once."),
         KEY_INT(K_MAX_REQUEST_BYTES, "server", max_request_bytes, "8388608", 1024, 1073741824, true,
@@ -117,10 +160,12 @@ static const struct config_key config_keys[K_COUNT] = {
                 "On shutdown, how long requests in flight may take to finish."),
         KEY_STR(K_PRIMARY, "redis", primary, CONFIG_T_ADDR, "127.0.0.1:6379", false,
                 "REDIS_HOST, REDIS_PORT",
-                "Primary Redis node: host:port, [v6]:port or unix:/absolute/path."),
+                "Primary Redis node: host:port, [v6]:port or unix:/absolute/path. Not together "
+                "with [sentinel] addresses."),
         KEY_STR(K_REPLICAS, "redis", replicas, CONFIG_T_ADDR_LIST, "", false,
                 "REDIS_REPLICAS_HOST_PORT",
-                "Replica Redis nodes, comma separated, written like primary; at most 16."),
+                "Replica Redis nodes, comma separated, written like primary; at most 16. Not "
+                "together with [sentinel] addresses."),
         KEY_STR(K_PASSWORD, "redis", password, CONFIG_T_STRING, "", false, "REDIS_PASSWORD",
                 "Password sent with AUTH; empty for none. Prefer password_file."),
         KEY_STR(K_PASSWORD_FILE, "redis", password_file, CONFIG_T_STRING, "", false,
@@ -131,26 +176,64 @@ static const struct config_key config_keys[K_COUNT] = {
         KEY_INT(K_CONNECT_TIMEOUT_MS, "redis", connect_timeout_ms, "1000", 1, 600000, true,
                 "REDIS_TIMEOUT", "Time allowed to connect to a Redis node."),
         KEY_INT(K_COMMAND_TIMEOUT_MS, "redis", command_timeout_ms, "1000", 1, 600000, true,
-                "REDIS_TIMEOUT", "Time allowed for a Redis reply."),
+                "REDIS_TIMEOUT",
+                "Time allowed for a Redis reply: the deadline of a request, retry included."),
+        KEY_INT(K_POOL_SIZE, "redis", pool_size, "4", 1, 64, false, NULL,
+                "Connections to the primary; each pipelines its commands."),
+        KEY_INT(K_REPLICA_POOL_SIZE, "redis", replica_pool_size, "2", 1, 64, false, NULL,
+                "Connections to each replica."),
+        KEY_ENUM(K_READ_FROM, "redis", "read_from", read_from, read_from_names, "replica", true,
+                 "Where reads go: replica (healthy replicas, else the primary), primary, or any "
+                 "(every healthy node). Writes always go to the primary."),
+        KEY_INT(K_REPLICA_ATTEMPT_TIMEOUT_MS, "redis", replica_attempt_timeout_ms, "0", 0, 600000,
+                true, NULL,
+                "Time a read may wait for a replica before it is retried once on another node; "
+                "at most command_timeout_ms; 0 means command_timeout_ms / 3."),
+        KEY_INT(K_MAX_INFLIGHT_PER_NODE, "redis", max_inflight_per_node, "10000", 1, 1000000, true,
+                NULL, "Commands outstanding on one node above which the node is marked down."),
+        KEY_INT(K_RECONNECT_MAX_MS, "redis", reconnect_max_ms, "1000", 10, 60000, true, NULL,
+                "Longest wait between reconnect attempts to a node; the wait starts at 50 ms and "
+                "doubles, with +-25% jitter."),
+        KEY_INT(K_MAX_REPLICA_LAG_MS, "redis", max_replica_lag_ms, "1000", 1, 600000, true, NULL,
+                "A replica further behind the primary than this leaves the read rotation until "
+                "it catches up."),
+        KEY_INT_AS(K_HEALTH_INTERVAL_MS, "health", "interval_ms", health_interval_ms, "500", 10,
+                   60000, true, NULL,
+                   "Period of the PING probe of each node and of the replica-lag heartbeat."),
+        KEY_INT_AS(K_HEALTH_TIMEOUT_MS, "health", "timeout_ms", health_timeout_ms, "250", 1, 60000,
+                   true, NULL, "A probe not answered in this time is a failure."),
+        KEY_INT(K_FAILURE_THRESHOLD, "health", failure_threshold, "3", 1, 100, true, NULL,
+                "Consecutive failures (probes, request timeouts, lost connections, node errors) "
+                "that mark a node down."),
+        KEY_INT(K_RECOVERY_THRESHOLD, "health", recovery_threshold, "2", 1, 100, true, NULL,
+                "Consecutive successful probes that mark a down node up again."),
+        KEY_STR_AS(K_SENTINEL_ADDRESSES, "sentinel", "addresses", sentinel_addresses,
+                   CONFIG_T_TCP_ADDR_LIST, "", false, NULL,
+                   "Redis Sentinels to ask for the primary and replicas: host:port or [v6]:port, "
+                   "comma separated; at most 16; empty for none. When set, [redis] primary and "
+                   "replicas must not be."),
+        KEY_STR_AS(K_SENTINEL_MASTER_NAME, "sentinel", "master_name", sentinel_master_name,
+                   CONFIG_T_STRING, "", false, NULL,
+                   "Name of the monitored master; required with addresses."),
+        KEY_STR_AS(K_SENTINEL_PASSWORD, "sentinel", "password", sentinel_password, CONFIG_T_STRING,
+                   "", false, NULL, "Password sent with AUTH to the Sentinels; empty for none."),
+        KEY_STR_AS(K_ADMIN_SOCKET, "admin", "socket", admin_socket, CONFIG_T_PATH_OPT,
+                   "/run/kcache/kcached-admin.sock", false, NULL,
+                   "Path of the admin socket (health, stats, backends); empty disables it."),
+        KEY_MODE(K_ADMIN_SOCKET_MODE, "admin", "socket_mode", admin_socket_mode, "0600", false,
+                 "Permission bits of the admin socket, in octal."),
         KEY_STR(K_KEY_PREFIX, "cache", key_prefix, CONFIG_T_STRING, "kc:", false, NULL,
                 "Prefix of every Redis key kcached uses; may be empty."),
         KEY_INT(K_DEFAULT_TTL, "cache", default_ttl, "3600", 1, 2147483647, true, NULL,
                 "TTL of an entry stored without one, in seconds; at most max_ttl."),
         KEY_INT(K_MAX_TTL, "cache", max_ttl, "2592000", 1, 2147483647, true, NULL,
                 "Longest TTL, in seconds."),
-        [K_LOG_LEVEL] = {"log", "level", CONFIG_T_LEVEL, FIELD(log_level, int), "info", LOG_DEBUG,
-                         LOG_ERROR, true,
-                         "Least severe messages logged: debug, info, warn or error.", NULL},
+        KEY_ENUM(K_LOG_LEVEL, "log", "level", log_level, log_level_names, "info", true,
+                 "Least severe messages logged: debug, info, warn or error."),
 };
 
-static const char *const config_sections[] = {"server", "redis", "cache", "log"};
-
-static const char *const log_level_names[] = {
-        [LOG_DEBUG] = "debug",
-        [LOG_INFO] = "info",
-        [LOG_WARN] = "warn",
-        [LOG_ERROR] = "error",
-};
+static const char *const config_sections[] = {"server", "redis", "health", "sentinel",
+                                              "admin",  "cache", "log"};
 
 /*
  * Where each value came from beyond sources[]: the line for FILE and the
@@ -206,12 +289,27 @@ origin_env(const struct config *c, size_t i)
 }
 #endif
 
+/* names[v] of a NULL-terminated list, "unknown" when v is not an index of it. */
+static const char *
+enum_name(const char *const *names, int v)
+{
+        for (int i = 0; names[i] != NULL; i++) {
+                if (i == v)
+                        return names[i];
+        }
+        return "unknown";
+}
+
 const char *
 log_level_name(int level)
 {
-        if (level < 0 || (size_t)level >= ARRAY_SIZE(log_level_names))
-                return "unknown";
-        return log_level_names[level];
+        return enum_name(log_level_names, level);
+}
+
+const char *
+config_read_from_name(int v)
+{
+        return enum_name(read_from_names, v);
 }
 
 static void __attribute__((format(printf, 3, 4)))
@@ -411,11 +509,12 @@ is_blank(char ch)
 
 /*
  * Splits a comma list ("a:1, b:2"), ignoring blanks around items. An empty
- * or blank list is zero addresses; an empty item is an error. addrs may be
- * NULL to validate only.
+ * or blank list is zero addresses; an empty item is an error, and so is a
+ * unix: item unless allow_unix. addrs may be NULL to validate only.
  */
 static int
-parse_addr_list(const char *s, struct config_addr *addrs, int *n_addrs, char *err, size_t errlen)
+parse_addr_list(const char *s, bool allow_unix, struct config_addr *addrs, int *n_addrs, char *err,
+                size_t errlen)
 {
         struct config_addr a;
         char item[CONFIG_HOST_MAX + 16];
@@ -452,6 +551,11 @@ parse_addr_list(const char *s, struct config_addr *addrs, int *n_addrs, char *er
                 }
                 if (config_parse_addr(item, &a, err, errlen) != 0)
                         return -1;
+                if (a.is_unix && !allow_unix) {
+                        set_err(err, errlen,
+                                "'%s': expected host:port or [v6]:port, not unix:", item);
+                        return -1;
+                }
                 if (addrs != NULL)
                         addrs[n] = a;
                 n++;
@@ -472,8 +576,10 @@ format_value(const struct config *c, size_t i, char *out, size_t outlen)
         switch (k->type) {
         case CONFIG_T_STRING:
         case CONFIG_T_PATH:
+        case CONFIG_T_PATH_OPT:
         case CONFIG_T_ADDR:
         case CONFIG_T_ADDR_LIST:
+        case CONFIG_T_TCP_ADDR_LIST:
                 snprintf(out, outlen, "%s", *(char *const *)f);
                 break;
         case CONFIG_T_INT:
@@ -485,8 +591,8 @@ format_value(const struct config *c, size_t i, char *out, size_t outlen)
         case CONFIG_T_MODE:
                 snprintf(out, outlen, "0%03o", *(const unsigned *)f);
                 break;
-        case CONFIG_T_LEVEL:
-                snprintf(out, outlen, "%s", log_level_name(*(const int *)f));
+        case CONFIG_T_ENUM:
+                snprintf(out, outlen, "%s", enum_name(k->names, *(const int *)f));
                 break;
         }
 }
@@ -508,7 +614,8 @@ key_set(struct config *c, size_t i, const char *value, char *why, size_t whylen)
         case CONFIG_T_STRING:
                 break;
         case CONFIG_T_PATH:
-                if (value[0] == '\0') {
+        case CONFIG_T_PATH_OPT:
+                if (value[0] == '\0' && k->type == CONFIG_T_PATH) {
                         set_err(why, whylen, "empty value (expected a path)");
                         return -1;
                 }
@@ -529,7 +636,9 @@ key_set(struct config *c, size_t i, const char *value, char *why, size_t whylen)
                 break;
         }
         case CONFIG_T_ADDR_LIST:
-                if (parse_addr_list(value, NULL, &n, why, whylen) != 0)
+        case CONFIG_T_TCP_ADDR_LIST:
+                if (parse_addr_list(value, k->type == CONFIG_T_ADDR_LIST, NULL, &n, why, whylen) !=
+                    0)
                         return -1;
                 break;
         case CONFIG_T_INT:
@@ -568,15 +677,23 @@ key_set(struct config *c, size_t i, const char *value, char *why, size_t whylen)
                         *(unsigned *)f = (unsigned)v;
                 return 0;
         }
-        case CONFIG_T_LEVEL:
-                for (size_t l = 0; l < ARRAY_SIZE(log_level_names); l++) {
-                        if (strcmp(value, log_level_names[l]) == 0) {
-                                *(int *)f = (int)l;
+        case CONFIG_T_ENUM: {
+                char list[256] = "";
+                size_t used = 0;
+                for (int e = 0; k->names[e] != NULL; e++) {
+                        if (strcmp(value, k->names[e]) == 0) {
+                                *(int *)f = e;
                                 return 0;
                         }
+                        if (used < sizeof(list)) {
+                                int w = snprintf(list + used, sizeof(list) - used, "%s%s",
+                                                 e > 0 ? ", " : "", k->names[e]);
+                                used += w > 0 ? (size_t)w : 0;
+                        }
                 }
-                set_err(why, whylen, "'%s' is not one of debug, info, warn, error", value);
+                set_err(why, whylen, "'%s' is not one of %s", value, list);
                 return -1;
+        }
         }
         /* The string kinds. */
         return replace_string((char **)f, value);
@@ -588,7 +705,30 @@ derive_addrs(struct config *c, char *why, size_t whylen)
 {
         if (config_parse_addr(c->primary, &c->primary_addr, why, whylen) != 0)
                 return -1;
-        return parse_addr_list(c->replicas, c->replica_addrs, &c->n_replicas, why, whylen);
+        if (parse_addr_list(c->replicas, true, c->replica_addrs, &c->n_replicas, why, whylen) != 0)
+                return -1;
+        return parse_addr_list(c->sentinel_addresses, false, c->sentinel_addrs, &c->n_sentinels,
+                               why, whylen);
+}
+
+static bool
+is_string_type(enum config_type t)
+{
+        switch (t) {
+        case CONFIG_T_STRING:
+        case CONFIG_T_PATH:
+        case CONFIG_T_PATH_OPT:
+        case CONFIG_T_ADDR:
+        case CONFIG_T_ADDR_LIST:
+        case CONFIG_T_TCP_ADDR_LIST:
+                return true;
+        case CONFIG_T_INT:
+        case CONFIG_T_INT64:
+        case CONFIG_T_MODE:
+        case CONFIG_T_ENUM:
+                return false;
+        }
+        return false;
 }
 
 void
@@ -596,8 +736,7 @@ config_deinit(struct config *c)
 {
         for (size_t i = 0; i < K_COUNT; i++) {
                 const struct config_key *k = &config_keys[i];
-                if (k->type == CONFIG_T_STRING || k->type == CONFIG_T_PATH ||
-                    k->type == CONFIG_T_ADDR || k->type == CONFIG_T_ADDR_LIST) {
+                if (is_string_type(k->type)) {
                         char **s = field_ptr(c, i);
                         free(*s);
                         *s = NULL;
@@ -1081,6 +1220,59 @@ read_password_file(struct config *c, const struct load_state *st, char *err, siz
 }
 
 static int
+check_sentinel(const struct config *c, const struct load_state *st, char *err, size_t errlen)
+{
+        char at[CONFIG_PATH_MAX + 4096];
+        int n;
+
+        /* Validated when set, so this only counts; a blank list is no Sentinel. */
+        if (parse_addr_list(c->sentinel_addresses, false, NULL, &n, NULL, 0) != 0 || n == 0)
+                return 0;
+        /*
+         * A primary or replicas written down would be ignored in favour of
+         * what Sentinel says; refuse rather than guess which the operator
+         * meant. Defaults do not count: nobody asked for them.
+         */
+        if (c->sources[K_PRIMARY] != CONFIG_SRC_DEFAULT ||
+            c->sources[K_REPLICAS] != CONFIG_SRC_DEFAULT) {
+                where(c, st, K_SENTINEL_ADDRESSES, at, sizeof(at));
+                set_err(err, errlen,
+                        "%s[sentinel] addresses: Sentinel and static primary/replicas are mutually "
+                        "exclusive",
+                        at);
+                return -1;
+        }
+        if (c->sentinel_master_name[0] == '\0') {
+                /* At "master_name =" if the file has one, else at addresses. */
+                size_t i = c->sources[K_SENTINEL_MASTER_NAME] != CONFIG_SRC_DEFAULT
+                                   ? K_SENTINEL_MASTER_NAME
+                                   : K_SENTINEL_ADDRESSES;
+                where(c, st, i, at, sizeof(at));
+                set_err(err, errlen, "%s[sentinel] master_name: required when addresses is set",
+                        at);
+                return -1;
+        }
+        return 0;
+}
+
+static int
+check_admin(const struct config *c, const struct load_state *st, char *err, size_t errlen)
+{
+        char at[CONFIG_PATH_MAX + 4096];
+
+        /* Binding the second would unlink the first one's socket file. */
+        if (c->admin_socket[0] != '\0' && strcmp(c->admin_socket, c->socket) == 0) {
+                bool blame_admin = st->lines[K_ADMIN_SOCKET] > st->lines[K_SOCKET];
+                where(c, st, blame_admin ? K_ADMIN_SOCKET : K_SOCKET, at, sizeof(at));
+                set_err(err, errlen, "%s[%s] socket: '%s' is also the %s socket", at,
+                        blame_admin ? "admin" : "server", c->admin_socket,
+                        blame_admin ? "client" : "admin");
+                return -1;
+        }
+        return 0;
+}
+
+static int
 check_config(struct config *c, const struct load_state *st, char *err, size_t errlen)
 {
         char at[CONFIG_PATH_MAX + 4096];
@@ -1116,6 +1308,27 @@ check_config(struct config *c, const struct load_state *st, char *err, size_t er
                 }
                 return -1;
         }
+        if (c->replica_attempt_timeout_ms > c->command_timeout_ms) {
+                /* The retry must fit in the request's deadline. */
+                if (st->lines[K_COMMAND_TIMEOUT_MS] > st->lines[K_REPLICA_ATTEMPT_TIMEOUT_MS]) {
+                        where(c, st, K_COMMAND_TIMEOUT_MS, at, sizeof(at));
+                        set_err(err, errlen,
+                                "%s[redis] command_timeout_ms: %d is less than "
+                                "replica_attempt_timeout_ms %d",
+                                at, c->command_timeout_ms, c->replica_attempt_timeout_ms);
+                } else {
+                        where(c, st, K_REPLICA_ATTEMPT_TIMEOUT_MS, at, sizeof(at));
+                        set_err(err, errlen,
+                                "%s[redis] replica_attempt_timeout_ms: %d is greater than "
+                                "command_timeout_ms %d",
+                                at, c->replica_attempt_timeout_ms, c->command_timeout_ms);
+                }
+                return -1;
+        }
+        if (check_sentinel(c, st, err, errlen) != 0)
+                return -1;
+        if (check_admin(c, st, err, errlen) != 0)
+                return -1;
         if (c->password_file[0] != '\0')
                 return read_password_file(c, st, err, errlen);
         return 0;
@@ -1204,6 +1417,10 @@ format_origin(const struct config *c, size_t i, char *out, size_t outlen)
  * - the password is written as *** (never the secret), so it loads back as
  *   the literal "***"; a password read from password_file is shown in a
  *   comment, since password and password_file may not both be set;
+ * - [sentinel] password is written as *** in the same way;
+ * - with Sentinel, primary and replicas hold their unused defaults (any
+ *   other source is refused) and are written commented out, since setting
+ *   them in a file next to [sentinel] addresses is an error;
  * - a line of 199 bytes or more is refused when read back; it can only come
  *   from a long REDIS_REPLICAS_HOST_PORT. When the source comment would make
  *   a line too long, it goes on its own line above the key.
@@ -1223,12 +1440,16 @@ config_dump(const struct config *c, FILE *out)
                 }
                 format_value(c, i, value, sizeof(value));
                 format_origin(c, i, origin, sizeof(origin));
-                if (i == K_PASSWORD && c->password[0] != '\0') {
-                        if (c->password_file[0] != '\0') {
-                                fprintf(out, "; password = *** (read from password_file)\n");
-                                continue;
-                        }
+                if (i == K_PASSWORD && c->password[0] != '\0' && c->password_file[0] != '\0') {
+                        fprintf(out, "; password = *** (read from password_file)\n");
+                        continue;
+                }
+                if ((i == K_PASSWORD || i == K_SENTINEL_PASSWORD) && value[0] != '\0')
                         snprintf(value, sizeof(value), "***");
+                if ((i == K_PRIMARY || i == K_REPLICAS) && c->n_sentinels > 0) {
+                        fprintf(out, "; %s =%s%s ; %s, unused with [sentinel] addresses\n", k->key,
+                                value[0] != '\0' ? " " : "", value, origin);
+                        continue;
                 }
                 /* "key =;x": a ';' right after '=' is not a comment, after a blank it is. */
                 const char *eq = value[0] == ';' ? " =" : " = ";

@@ -39,6 +39,9 @@ enum config_source { CONFIG_SRC_DEFAULT = 0, CONFIG_SRC_FILE, CONFIG_SRC_ENV };
 
 enum log_level { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR };
 
+/* [redis] read_from: where reads go. */
+enum config_read_from { READ_FROM_REPLICA = 0, READ_FROM_PRIMARY, READ_FROM_ANY };
+
 struct config {
         /* [server] */
         char *socket;              /* owned */
@@ -56,6 +59,25 @@ struct config {
         int db;
         int connect_timeout_ms;
         int command_timeout_ms;
+        int pool_size;                  /* connections to the primary */
+        int replica_pool_size;          /* connections to each replica */
+        int read_from;                  /* enum config_read_from */
+        int replica_attempt_timeout_ms; /* 0: command_timeout_ms / 3 */
+        int max_inflight_per_node;
+        int reconnect_max_ms;
+        int max_replica_lag_ms;
+        /* [health] */
+        int health_interval_ms;
+        int health_timeout_ms;
+        int failure_threshold;
+        int recovery_threshold;
+        /* [sentinel] */
+        char *sentinel_addresses;  /* owned; comma list, "" for none */
+        char *sentinel_master_name; /* owned */
+        char *sentinel_password;   /* owned; never logged */
+        /* [admin] */
+        char *admin_socket;        /* owned; "" disables the admin socket */
+        unsigned admin_socket_mode;
         /* [cache] */
         char *key_prefix;          /* owned; may be "" */
         int64_t default_ttl;
@@ -67,6 +89,8 @@ struct config {
         struct config_addr primary_addr;
         struct config_addr replica_addrs[CONFIG_MAX_REPLICAS];
         int n_replicas;
+        struct config_addr sentinel_addrs[CONFIG_MAX_REPLICAS];
+        int n_sentinels; /* > 0: the primary and replicas come from Sentinel */
         char *path; /* owned; the file loaded, NULL for none */
         enum config_source sources[64]; /* per key, indexed like config_keys[] */
         int lines[64];                  /* per key: line in path when sources[] is FILE */
@@ -102,5 +126,6 @@ void config_dump(const struct config *c, FILE *out);
 void config_write_example(FILE *out);
 
 const char *log_level_name(int level);
+const char *config_read_from_name(int v);
 
 #endif

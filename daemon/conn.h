@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "buf.h"
+#include "daemon/backend.h"
 #include "scan.h"
 
 struct server;
@@ -38,6 +39,7 @@ struct conn {
         struct scan scan;
         msgpack_packer pk; /* writes into out */
         struct req *reqs;  /* refs: requests in flight, owned by dispatch's pool */
+        struct backend_affinity aff; /* keeps pipelined requests in order on one Redis conn */
         unsigned n_inflight;
         struct conn *next, *prev;
         struct conn *dirty_next;

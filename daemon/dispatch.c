@@ -49,6 +49,7 @@ req_alloc(void)
                         return NULL;
                 for (int i = 0; i < REQ_CHUNK; i++) {
                         ev_timer_init(&chunk[i].timer, req_on_deadline, 0., 0.);
+                        bcall_init(&chunk[i].call);
                         chunk[i].next = req_free_list;
                         req_free_list = &chunk[i];
                 }
@@ -69,6 +70,8 @@ req_new(struct conn *c, uint32_t msgid, enum rpc_method m)
         r->msgid = msgid;
         r->method = m;
         r->aux = 0;
+        r->deadline = 0;
+        r->is_timeout = false;
         r->prev = NULL;
         r->next = c->reqs;
         if (c->reqs != NULL)
@@ -86,6 +89,10 @@ req_release(struct req *r)
         struct conn *c = r->conn;
 
         ev_timer_stop(c->srv->loop, &r->timer);
+        backend_call_cancel(&r->call);
+        /* Counted, never expected: completions past the deadline answer TIMEOUT. */
+        if (r->deadline != 0 && ev_now(c->srv->loop) > r->deadline + 0.001 && !r->is_timeout)
+                stats.replies_after_deadline++;
         if (r->prev != NULL)
                 r->prev->next = r->next;
         else
@@ -135,6 +142,7 @@ req_fail(struct req *r, enum rpc_error code, const char *fmt, ...)
 void
 req_start_deadline(struct req *r, int timeout_ms)
 {
+        r->deadline = ev_now(r->conn->srv->loop) + timeout_ms / 1000.0;
         ev_timer_set(&r->timer, timeout_ms / 1000.0, 0.);
         ev_timer_start(r->conn->srv->loop, &r->timer);
 }
@@ -144,6 +152,7 @@ req_on_deadline(struct ev_loop *loop, ev_timer *w, int revents)
 {
         struct req *r = (struct req *)((char *)w - offsetof(struct req, timer));
 
+        r->is_timeout = true;
         req_fail(r, RPC_ERR_TIMEOUT, "no answer from Redis within command_timeout_ms (%d ms)",
                  r->conn->srv->cfg->command_timeout_ms);
 }

@@ -18,6 +18,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "daemon/backend.h"
 #include "rpc.h"
 
 struct conn;
@@ -38,8 +39,11 @@ struct req {
         uint32_t gen;
         uint32_t msgid;
         enum rpc_method method;
-        ev_timer timer; /* deadline */
-        int64_t aux;    /* handler state (e.g. number of keys) */
+        ev_timer timer;     /* deadline */
+        ev_tstamp deadline; /* absolute, 0 for requests answered locally */
+        struct bcall call;  /* the Redis command in flight, if any */
+        int64_t aux;        /* handler state (e.g. number of keys) */
+        bool is_timeout;    /* answered TIMEOUT */
 };
 
 /* Handles one decoded message from c (obj lives in the server's zone). */
@@ -52,7 +56,7 @@ void req_done(struct req *r);
 void req_fail(struct req *r, enum rpc_error code, const char *fmt, ...)
         __attribute__((format(printf, 3, 4)));
 
-/* Starts the request's deadline (Redis-bound requests). */
+/* Starts the request's deadline (Redis-bound requests); sets r->deadline. */
 void req_start_deadline(struct req *r, int timeout_ms);
 
 /* The request a Redis callback belongs to, or NULL if it was already answered. */

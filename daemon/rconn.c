@@ -184,6 +184,13 @@ rconn_send(struct rconn *rc, const char *cmd, size_t len, unsigned n_replies, rc
 }
 
 void
+rconn_set_push(struct rconn *rc, rconn_push_fn fn, void *priv)
+{
+        rc->on_push = fn;
+        rc->push_priv = priv;
+}
+
+void
 rconn_close(struct rconn *rc, const char *why)
 {
         if (rc->state == RCONN_IDLE)
@@ -322,6 +329,10 @@ rconn_dispatch(struct rconn *rc, redisReply *reply)
                 return 0;
         }
         if (rc->q_len == 0) {
+                if (rc->on_push != NULL) {
+                        rc->on_push(rc->push_priv, reply);
+                        return rc->state == RCONN_UP ? 0 : -1;
+                }
                 rconn_close(rc, "protocol: reply without a command");
                 return -1;
         }

@@ -46,6 +46,8 @@ struct rconn;
 typedef void (*rconn_reply_fn)(void *priv, uint32_t gen, redisReply *reply, int err);
 /* why is NULL for RCONN_EV_UP. */
 typedef void (*rconn_state_fn)(struct rconn *rc, enum rconn_event ev, const char *why);
+/* A reply with no command waiting for it (pub/sub messages); valid during the call. */
+typedef void (*rconn_push_fn)(void *priv, redisReply *reply);
 
 struct rconn_pending {
         rconn_reply_fn fn;
@@ -68,6 +70,8 @@ struct rconn {
         unsigned n_handshake; /* handshake replies still due */
         rconn_state_fn on_state;
         void *owner; /* ref, for on_state */
+        rconn_push_fn on_push; /* NULL: an unsolicited reply is a protocol error */
+        void *push_priv;
         struct rconn *flush_next;
         bool is_dirty;
         char name[300]; /* for logs: "primary 127.0.0.1:6379" */
@@ -95,6 +99,9 @@ int rconn_connect(struct rconn *rc, const struct sockaddr *addr, socklen_t len,
  */
 int rconn_send(struct rconn *rc, const char *cmd, size_t len, unsigned n_replies,
                rconn_reply_fn fn, void *priv, uint32_t gen);
+
+/* Subscriber connections: replies beyond the queue go to fn (NULL to refuse them). */
+void rconn_set_push(struct rconn *rc, rconn_push_fn fn, void *priv);
 
 /* Closes the link: every pending fn gets RCONN_E_DOWN, then on_state(DOWN, why). */
 void rconn_close(struct rconn *rc, const char *why);

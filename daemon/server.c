@@ -30,6 +30,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "daemon/admin.h"
 #include "daemon/backend.h"
 #include "daemon/cache.h"
 #include "daemon/conn.h"
@@ -43,7 +44,7 @@
 
 #define server_of(ptr, member) ((struct server *)((char *)(ptr) - offsetof(struct server, member)))
 
-static int
+int
 server_prepare_path(const char *path, char *err, size_t errlen)
 {
         struct sockaddr_un sun = {.sun_family = AF_UNIX};
@@ -85,15 +86,15 @@ server_prepare_path(const char *path, char *err, size_t errlen)
         return 0;
 }
 
-static int
-server_listen(struct server *srv, char *err, size_t errlen)
+int
+server_bind_unix(const char *path, unsigned mode, char *err, size_t errlen)
 {
         struct sockaddr_un sun = {.sun_family = AF_UNIX};
         const char *what = "socket";
         mode_t old;
         int fd;
 
-        snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", srv->cfg->socket);
+        snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path);
         fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd == -1)
                 goto fail;
@@ -105,14 +106,12 @@ server_listen(struct server *srv, char *err, size_t errlen)
         }
         umask(old);
         what = "chmod";
-        if (chmod(sun.sun_path, srv->cfg->socket_mode) == -1)
+        if (chmod(sun.sun_path, (mode_t)mode) == -1)
                 goto fail_unlink;
         what = "listen";
         if (listen(fd, 1024) == -1)
                 goto fail_unlink;
-        srv->lfd = fd;
-        srv->is_listening = true;
-        return 0;
+        return fd;
 fail_unlink:
         unlink(sun.sun_path);
 fail:
@@ -120,6 +119,18 @@ fail:
         if (fd != -1)
                 close(fd);
         return -1;
+}
+
+static int
+server_listen(struct server *srv, char *err, size_t errlen)
+{
+        int fd = server_bind_unix(srv->cfg->socket, srv->cfg->socket_mode, err, errlen);
+
+        if (fd == -1)
+                return -1;
+        srv->lfd = fd;
+        srv->is_listening = true;
+        return 0;
 }
 
 static void
@@ -277,6 +288,9 @@ server_init(struct server *srv, struct ev_loop *loop, const struct config *cfg, 
         /* Refuse early when another kcached serves the path; bind comes later. */
         if (server_prepare_path(cfg->socket, err, errlen) < 0)
                 goto fail;
+        /* Bound now, not when the client socket opens: `health live` answers during start-up. */
+        if (admin_new(&srv->admin, srv, err, errlen) < 0)
+                goto fail;
         ev_io_init(&srv->lio, server_on_accept, -1, EV_READ);
         ev_timer_init(&srv->ready_timer, server_on_ready_timer,
                       cfg->connect_timeout_ms / 1000.0 + 1.0, 0.);
@@ -286,6 +300,7 @@ server_init(struct server *srv, struct ev_loop *loop, const struct config *cfg, 
         ev_timer_init(&srv->drain_timer, server_on_drain_timeout, 0., 0.);
         return 0;
 fail:
+        srv->admin = admin_free(srv->admin);
         srv->be = backend_free(srv->be);
         msgpack_zone_destroy(&srv->zone);
         return -1;
@@ -321,6 +336,7 @@ server_deinit(struct server *srv)
         ev_signal_stop(srv->loop, &srv->sig_int);
         ev_timer_stop(srv->loop, &srv->drain_timer);
         ev_timer_stop(srv->loop, &srv->ready_timer);
+        srv->admin = admin_free(srv->admin); /* open through the drain, closed at exit */
         srv->be = backend_free(srv->be);
         resolve_deinit();
         msgpack_zone_destroy(&srv->zone);

@@ -19,6 +19,7 @@
 #include "daemon/config.h"
 #include "scan.h"
 
+struct admin;
 struct backend;
 struct conn;
 
@@ -26,6 +27,7 @@ struct server {
         struct ev_loop *loop;     /* ref */
         const struct config *cfg; /* ref, outlives the server */
         struct backend *be;       /* owned */
+        struct admin *admin;      /* owned; NULL when [admin] socket is "" */
         int lfd;
         ev_io lio;
         ev_signal sig_term;
@@ -56,5 +58,16 @@ int server_run(struct server *srv);
 
 /* Called by conn when a drained connection goes away, to end the loop. */
 void server_check_drained(struct server *srv);
+
+/*
+ * For the client and the admin socket alike. server_prepare_path: 0 when path
+ * is free (a stale socket file left by a crash is removed), -1 with err when a
+ * live process answers there or the file is not a socket.
+ * server_bind_unix: a listening non-blocking socket bound to path under umask
+ * 0177 and then chmod mode (never briefly open to everyone); the fd, or -1
+ * with err.
+ */
+int server_prepare_path(const char *path, char *err, size_t errlen);
+int server_bind_unix(const char *path, unsigned mode, char *err, size_t errlen);
 
 #endif

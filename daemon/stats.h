@@ -40,4 +40,13 @@ struct stats {
 /* The daemon's counters. */
 extern struct stats stats;
 
+struct json;
+
+/*
+ * Writes one JSON object: uptime_s, clients (= clients_connected), every
+ * STATS_TABLE counter by name, requests_by_method {method: n} and
+ * errors_by_code {CODE: n}. Check j->failed afterwards.
+ */
+void stats_write_json(struct json *j, double uptime_s);
+
 #endif

@@ -29,9 +29,20 @@
  * Key indexes, as in config.c's table (sources[] is indexed like it):
  * 0 socket .. 6 drain_timeout_ms, 7 primary, 8 replicas, 9 password,
  * 10 password_file, 11 db, 12 connect_timeout_ms, 13 command_timeout_ms,
- * 14 key_prefix, 15 default_ttl, 16 max_ttl, 17 level.
+ * 14 pool_size, 15 replica_pool_size, 16 read_from,
+ * 17 replica_attempt_timeout_ms, 18 max_inflight_per_node, 19 reconnect_max_ms,
+ * 20 max_replica_lag_ms, [health] 21 interval_ms, 22 timeout_ms,
+ * 23 failure_threshold, 24 recovery_threshold, [sentinel] 25 addresses,
+ * 26 master_name, 27 password, [admin] 28 socket, 29 socket_mode,
+ * 30 key_prefix, 31 default_ttl, 32 max_ttl, 33 level.
  */
-#define N_KEYS 18
+#define N_KEYS          34
+#define I_PASSWORD_FILE 10
+#define I_REPLICA_ATT   17
+#define I_INTERVAL      21
+#define I_ADDRESSES     25
+#define I_ADMIN_SOCKET  28
+#define I_KEY_PREFIX    30
 
 static int n_passed, n_failed;
 static char tmpdir[256];
@@ -120,7 +131,22 @@ is_default(const struct config *c)
                c->connect_timeout_ms == d.connect_timeout_ms &&
                c->command_timeout_ms == d.command_timeout_ms &&
                strcmp(c->key_prefix, d.key_prefix) == 0 && c->default_ttl == d.default_ttl &&
-               c->max_ttl == d.max_ttl && c->log_level == d.log_level;
+               c->max_ttl == d.max_ttl && c->log_level == d.log_level &&
+               c->pool_size == d.pool_size && c->replica_pool_size == d.replica_pool_size &&
+               c->read_from == d.read_from &&
+               c->replica_attempt_timeout_ms == d.replica_attempt_timeout_ms &&
+               c->max_inflight_per_node == d.max_inflight_per_node &&
+               c->reconnect_max_ms == d.reconnect_max_ms &&
+               c->max_replica_lag_ms == d.max_replica_lag_ms &&
+               c->health_interval_ms == d.health_interval_ms &&
+               c->health_timeout_ms == d.health_timeout_ms &&
+               c->failure_threshold == d.failure_threshold &&
+               c->recovery_threshold == d.recovery_threshold &&
+               strcmp(c->sentinel_addresses, d.sentinel_addresses) == 0 &&
+               strcmp(c->sentinel_master_name, d.sentinel_master_name) == 0 &&
+               strcmp(c->sentinel_password, d.sentinel_password) == 0 &&
+               c->n_sentinels == d.n_sentinels && strcmp(c->admin_socket, d.admin_socket) == 0 &&
+               c->admin_socket_mode == d.admin_socket_mode;
         config_deinit(&d);
         return same;
 }
@@ -150,8 +176,30 @@ config_equal(const struct config *a, const struct config *b, bool with_password)
             strcmp(a->key_prefix, b->key_prefix) != 0 || a->default_ttl != b->default_ttl ||
             a->max_ttl != b->max_ttl || a->log_level != b->log_level)
                 return false;
-        if (with_password && strcmp(a->password, b->password) != 0)
+        if (a->pool_size != b->pool_size || a->replica_pool_size != b->replica_pool_size ||
+            a->read_from != b->read_from ||
+            a->replica_attempt_timeout_ms != b->replica_attempt_timeout_ms ||
+            a->max_inflight_per_node != b->max_inflight_per_node ||
+            a->reconnect_max_ms != b->reconnect_max_ms ||
+            a->max_replica_lag_ms != b->max_replica_lag_ms ||
+            a->health_interval_ms != b->health_interval_ms ||
+            a->health_timeout_ms != b->health_timeout_ms ||
+            a->failure_threshold != b->failure_threshold ||
+            a->recovery_threshold != b->recovery_threshold ||
+            strcmp(a->sentinel_addresses, b->sentinel_addresses) != 0 ||
+            strcmp(a->sentinel_master_name, b->sentinel_master_name) != 0 ||
+            strcmp(a->admin_socket, b->admin_socket) != 0 ||
+            a->admin_socket_mode != b->admin_socket_mode)
                 return false;
+        if (with_password && (strcmp(a->password, b->password) != 0 ||
+                              strcmp(a->sentinel_password, b->sentinel_password) != 0))
+                return false;
+        if (a->n_sentinels != b->n_sentinels)
+                return false;
+        for (int i = 0; i < a->n_sentinels; i++) {
+                if (!addr_equal(&a->sentinel_addrs[i], &b->sentinel_addrs[i]))
+                        return false;
+        }
         if (!addr_equal(&a->primary_addr, &b->primary_addr) || a->n_replicas != b->n_replicas)
                 return false;
         for (int i = 0; i < a->n_replicas; i++) {
@@ -251,6 +299,21 @@ test_defaults(void)
         CHECK(strcmp(c.key_prefix, "kc:") == 0, "key_prefix");
         CHECK(c.default_ttl == 3600 && c.max_ttl == 2592000, "ttls");
         CHECK(c.log_level == LOG_INFO, "log level");
+        CHECK(c.pool_size == 4 && c.replica_pool_size == 2, "pool sizes %d %d", c.pool_size,
+              c.replica_pool_size);
+        CHECK(c.read_from == READ_FROM_REPLICA, "read_from %d", c.read_from);
+        CHECK(c.replica_attempt_timeout_ms == 0, "replica_attempt_timeout_ms");
+        CHECK(c.max_inflight_per_node == 10000, "max_inflight_per_node");
+        CHECK(c.reconnect_max_ms == 1000, "reconnect_max_ms");
+        CHECK(c.max_replica_lag_ms == 1000, "max_replica_lag_ms");
+        CHECK(c.health_interval_ms == 500 && c.health_timeout_ms == 250, "health periods");
+        CHECK(c.failure_threshold == 3 && c.recovery_threshold == 2, "health thresholds");
+        CHECK(strcmp(c.sentinel_addresses, "") == 0 && c.n_sentinels == 0, "no sentinel");
+        CHECK(strcmp(c.sentinel_master_name, "") == 0 && strcmp(c.sentinel_password, "") == 0,
+              "sentinel master_name and password");
+        CHECK(strcmp(c.admin_socket, "/run/kcache/kcached-admin.sock") == 0, "admin socket %s",
+              c.admin_socket);
+        CHECK(c.admin_socket_mode == 0600, "admin socket_mode %o", c.admin_socket_mode);
         CHECK(c.path == NULL, "path");
         for (int i = 0; i < 64; i++)
                 CHECK(c.sources[i] == CONFIG_SRC_DEFAULT, "sources[%d]", i);
@@ -269,6 +332,12 @@ test_defaults(void)
                       strcmp(log_level_name(7), "unknown") == 0 &&
                       strcmp(log_level_name(-1), "unknown") == 0,
               "log_level_name");
+        CHECK(strcmp(config_read_from_name(READ_FROM_REPLICA), "replica") == 0 &&
+                      strcmp(config_read_from_name(READ_FROM_PRIMARY), "primary") == 0 &&
+                      strcmp(config_read_from_name(READ_FROM_ANY), "any") == 0 &&
+                      strcmp(config_read_from_name(3), "unknown") == 0 &&
+                      strcmp(config_read_from_name(-1), "unknown") == 0,
+              "config_read_from_name");
 }
 
 static const char full_file[] =
@@ -289,13 +358,31 @@ static const char full_file[] =
         "db = 15\n"                                                      /* 15 */
         "connect_timeout_ms = 250\n"                                     /* 16 */
         "command_timeout_ms = 600000\n"                                  /* 17 */
-        "# hash comment\n"                                               /* 18 */
-        "[cache]\n"                                                      /* 19 */
-        "key_prefix = app:v2:\n"                                         /* 20 */
-        "default_ttl = 60\n"                                             /* 21 */
-        "max_ttl = 2147483647\n"                                         /* 22 */
-        "[log]\n"                                                        /* 23 */
-        "level = debug\n";                                               /* 24 */
+        "pool_size = 64\n"                                               /* 18 */
+        "replica_pool_size = 1\n"                                        /* 19 */
+        "read_from = any\n"                                              /* 20 */
+        "replica_attempt_timeout_ms = 2500\n"                            /* 21 */
+        "max_inflight_per_node = 1000000\n"                              /* 22 */
+        "reconnect_max_ms = 10\n"                                        /* 23 */
+        "max_replica_lag_ms = 1\n"                                       /* 24 */
+        "# hash comment\n"                                               /* 25 */
+        "[health]\n"                                                     /* 26 */
+        "interval_ms = 60000\n"                                          /* 27 */
+        "timeout_ms = 1\n"                                               /* 28 */
+        "failure_threshold = 100\n"                                      /* 29 */
+        "recovery_threshold = 1\n"                                       /* 30 */
+        "[sentinel]\n"                                                   /* 31 */
+        "master_name = mymaster\n"                                       /* 32 */
+        "password = sentinel-secret\n"                                   /* 33 */
+        "[admin]\n"                                                      /* 34 */
+        "socket = /tmp/kc admin.sock\n"                                  /* 35 */
+        "socket_mode = 0660\n"                                           /* 36 */
+        "[cache]\n"                                                      /* 37 */
+        "key_prefix = app:v2:\n"                                         /* 38 */
+        "default_ttl = 60\n"                                             /* 39 */
+        "max_ttl = 2147483647\n"                                         /* 40 */
+        "[log]\n"                                                        /* 41 */
+        "level = debug\n";                                               /* 42 */
 
 static void
 test_full_file(void)
@@ -337,12 +424,32 @@ test_full_file(void)
         CHECK(strcmp(c.key_prefix, "app:v2:") == 0, "key_prefix");
         CHECK(c.default_ttl == 60 && c.max_ttl == 2147483647, "ttls");
         CHECK(c.log_level == LOG_DEBUG, "level");
+        CHECK(c.pool_size == 64 && c.replica_pool_size == 1, "pool sizes");
+        CHECK(c.read_from == READ_FROM_ANY, "read_from");
+        CHECK(c.replica_attempt_timeout_ms == 2500 && c.max_inflight_per_node == 1000000 &&
+                      c.reconnect_max_ms == 10 && c.max_replica_lag_ms == 1,
+              "redis backend ints");
+        CHECK(c.health_interval_ms == 60000 && c.health_timeout_ms == 1 &&
+                      c.failure_threshold == 100 && c.recovery_threshold == 1,
+              "health");
+        CHECK(strcmp(c.sentinel_master_name, "mymaster") == 0 &&
+                      strcmp(c.sentinel_password, "sentinel-secret") == 0 && c.n_sentinels == 0,
+              "sentinel without addresses");
+        CHECK(strcmp(c.admin_socket, "/tmp/kc admin.sock") == 0 && c.admin_socket_mode == 0660,
+              "admin");
+        CHECK(c.socket_mode == 0600, "[server] socket_mode is not [admin]'s");
         CHECK(c.path != NULL && strcmp(c.path, path) == 0, "path");
         for (int i = 0; i < N_KEYS; i++) {
-                /* password_file (index 10) is the one key the file leaves alone. */
-                CHECK(c.sources[i] == (i == 10 ? CONFIG_SRC_DEFAULT : CONFIG_SRC_FILE),
+                /* password_file and [sentinel] addresses are the keys the file leaves alone. */
+                bool is_unset = i == I_PASSWORD_FILE || i == I_ADDRESSES;
+                CHECK(c.sources[i] == (is_unset ? CONFIG_SRC_DEFAULT : CONFIG_SRC_FILE),
                       "sources[%d] = %d", i, c.sources[i]);
         }
+#ifdef CONFIG_HAVE_ORIGINS
+        CHECK(c.lines[I_REPLICA_ATT] == 21 && c.lines[I_INTERVAL] == 27 &&
+                      c.lines[I_ADMIN_SOCKET] == 35 && c.lines[I_KEY_PREFIX] == 38,
+              "lines of the new keys");
+#endif
         config_deinit(&c);
 }
 
@@ -544,6 +651,304 @@ test_value_errors(void)
                      "[redis] password_file: cannot be used with password (line 2)");
         EXPECT_ERROR("[redis]\npassword_file = /etc/passwd\n\npassword = x\n", 4,
                      "[redis] password: cannot be used with password_file (line 2)");
+}
+
+/* The backend keys: every range end, the read_from names, [admin] and [sentinel] values. */
+static void
+test_backend_values(void)
+{
+        static const struct {
+                const char *section, *key;
+                long long lo, hi;
+        } ranges[] = {
+                {"redis", "pool_size", 1, 64},
+                {"redis", "replica_pool_size", 1, 64},
+                {"redis", "replica_attempt_timeout_ms", 0, 600000},
+                {"redis", "max_inflight_per_node", 1, 1000000},
+                {"redis", "reconnect_max_ms", 10, 60000},
+                {"redis", "max_replica_lag_ms", 1, 600000},
+                {"health", "interval_ms", 10, 60000},
+                {"health", "timeout_ms", 1, 60000},
+                {"health", "failure_threshold", 1, 100},
+                {"health", "recovery_threshold", 1, 100},
+        };
+        struct config c;
+        char path[PATH_BUF], ini[MSG_BUF], why[MSG_BUF], a[300];
+        char *s, *line;
+
+        for (size_t i = 0; i < sizeof(ranges) / sizeof(ranges[0]); i++) {
+                const char *sec = ranges[i].section, *key = ranges[i].key;
+                /* command_timeout_ms at its top, so replica_attempt_timeout_ms may be too. */
+                static const char head[] = "[redis]\ncommand_timeout_ms = 600000\n";
+                long long bad[] = {ranges[i].lo - 1, ranges[i].hi + 1};
+                long long good[] = {ranges[i].lo, ranges[i].hi};
+                for (int j = 0; j < 2; j++) {
+                        snprintf(ini, sizeof(ini), "%s[%s]\n%s = %lld\n", head, sec, key, bad[j]);
+                        snprintf(why, sizeof(why), "[%s] %s: %lld is out of range %lld..%lld", sec,
+                                 key, bad[j], ranges[i].lo, ranges[i].hi);
+                        EXPECT_ERROR(ini, 4, why);
+                        snprintf(ini, sizeof(ini), "%s[%s]\n%s = %lld\n", head, sec, key, good[j]);
+                        if (LOAD_OK(ini, &c, path))
+                                config_deinit(&c);
+                }
+                snprintf(ini, sizeof(ini), "[%s]\n%s = 5ms\n", sec, key);
+                snprintf(why, sizeof(why), "[%s] %s: '5ms' is not a decimal integer", sec, key);
+                EXPECT_ERROR(ini, 2, why);
+        }
+
+        /* read_from: exactly one of the three names. */
+        static const struct {
+                const char *name;
+                int value;
+        } modes[] = {
+                {"replica", READ_FROM_REPLICA},
+                {"primary", READ_FROM_PRIMARY},
+                {"any", READ_FROM_ANY},
+        };
+        for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+                snprintf(ini, sizeof(ini), "[redis]\nread_from = %s ; comment\n", modes[i].name);
+                if (LOAD_OK(ini, &c, path)) {
+                        CHECK(c.read_from == modes[i].value, "read_from = %s", modes[i].name);
+                        config_deinit(&c);
+                }
+        }
+        EXPECT_ERROR("[redis]\nread_from = master\n", 2,
+                     "[redis] read_from: 'master' is not one of replica, primary, any");
+        EXPECT_ERROR("[redis]\n\nread_from = Replica\n", 3,
+                     "[redis] read_from: 'Replica' is not one of replica, primary, any");
+        EXPECT_ERROR("[redis]\nread_from = replicas\n", 2,
+                     "[redis] read_from: 'replicas' is not one of replica, primary, any");
+        EXPECT_ERROR("[redis]\nread_from =\n", 2,
+                     "[redis] read_from: '' is not one of replica, primary, any");
+        EXPECT_ERROR("[health]\nread_from = any\n", 2, "[health] read_from: unknown key");
+        /* The INI names of [health] keys carry no prefix. */
+        EXPECT_ERROR("[health]\nhealth_interval_ms = 100\n", 2,
+                     "[health] health_interval_ms: unknown key");
+        EXPECT_ERROR("[redis]\ninterval_ms = 100\n", 2, "[redis] interval_ms: unknown key");
+        EXPECT_ERROR("[admin]\nadmin_socket = /tmp/a\n", 2, "[admin] admin_socket: unknown key");
+        EXPECT_ERROR("[sentinel]\nsentinel_addresses = a:1\n", 2,
+                     "[sentinel] sentinel_addresses: unknown key");
+
+        /* [admin] socket: empty disables it; otherwise it must fit sun_path. */
+        if (LOAD_OK("[admin]\nsocket =\nsocket_mode = 0\n", &c, path)) {
+                CHECK(strcmp(c.admin_socket, "") == 0 && c.admin_socket_mode == 0,
+                      "empty admin socket: '%s' %o", c.admin_socket, c.admin_socket_mode);
+                CHECK(c.socket_mode == 0660, "[server] socket_mode untouched");
+                config_deinit(&c);
+        }
+        s = repeat('a', 107 - 5);
+        snprintf(ini, sizeof(ini), "[admin]\nsocket = /tmp/%s\n", s);
+        if (LOAD_OK(ini, &c, path)) {
+                CHECK(strlen(c.admin_socket) == 107, "107-byte admin socket");
+                config_deinit(&c);
+        }
+        free(s);
+        s = repeat('a', 108 - 5);
+        if (asprintf(&line, "[admin]\nsocket = /tmp/%s\n", s) < 0)
+                exit(2);
+        EXPECT_ERROR(line, 2, "[admin] socket: path longer than 107 bytes");
+        free(line);
+        free(s);
+        EXPECT_ERROR("[admin]\nsocket_mode = 01000\n", 2,
+                     "[admin] socket_mode: 01000 is out of range 0..0777");
+        EXPECT_ERROR("[admin]\nsocket_mode = 0x1ff\n", 2,
+                     "[admin] socket_mode: '0x1ff' is not an octal number");
+        EXPECT_ERROR("[admin]\nsocket_mode =\n", 2,
+                     "[admin] socket_mode: empty value (expected an octal mode)");
+
+        /* [sentinel] addresses: host:port and [v6]:port, never unix:. */
+        if (LOAD_OK("[sentinel]\n"
+                    "addresses = s1.example:26379, [::1]:26380 ,10.0.0.3:26381\n"
+                    "master_name = my-master\n",
+                    &c, path)) {
+                CHECK(c.n_sentinels == 3, "n_sentinels %d", c.n_sentinels);
+                if (c.n_sentinels == 3) {
+                        CHECK(strcmp(config_addr_str(&c.sentinel_addrs[0], a, sizeof(a)),
+                                     "s1.example:26379") == 0,
+                              "sentinel 0 %s", a);
+                        CHECK(strcmp(c.sentinel_addrs[1].host, "::1") == 0 &&
+                                      c.sentinel_addrs[1].port == 26380 &&
+                                      !c.sentinel_addrs[1].is_unix,
+                              "sentinel 1");
+                        CHECK(strcmp(config_addr_str(&c.sentinel_addrs[2], a, sizeof(a)),
+                                     "10.0.0.3:26381") == 0,
+                              "sentinel 2 %s", a);
+                }
+                CHECK(strcmp(c.sentinel_addresses,
+                             "s1.example:26379, [::1]:26380 ,10.0.0.3:26381") == 0,
+                      "addresses as written: '%s'", c.sentinel_addresses);
+                CHECK(strcmp(c.sentinel_master_name, "my-master") == 0, "master_name");
+                CHECK(c.sources[7] == CONFIG_SRC_DEFAULT && c.sources[8] == CONFIG_SRC_DEFAULT &&
+                              c.n_replicas == 0,
+                      "primary and replicas stay defaults");
+                config_deinit(&c);
+        }
+        {
+                char list[200] = "";
+                for (int i = 0; i < 16; i++) {
+                        char item[16];
+                        snprintf(item, sizeof(item), "%ss%d:%d", i > 0 ? "," : "", i, 26379 + i);
+                        strcat(list, item);
+                }
+                snprintf(ini, sizeof(ini), "[sentinel]\naddresses = %s\nmaster_name = m\n", list);
+                if (LOAD_OK(ini, &c, path)) {
+                        CHECK(c.n_sentinels == 16 && c.sentinel_addrs[15].port == 26394 &&
+                                      strcmp(c.sentinel_addrs[15].host, "s15") == 0,
+                              "16 sentinels");
+                        config_deinit(&c);
+                }
+                snprintf(ini, sizeof(ini), "[sentinel]\naddresses = %s,s16:1\nmaster_name = m\n",
+                         list);
+                EXPECT_ERROR(ini, 2, "[sentinel] addresses: more than 16 addresses");
+        }
+        /* A blank list is no Sentinel: master_name is not required, primary may be set. */
+        if (LOAD_OK("[sentinel]\naddresses =   \n[redis]\nprimary = 10.0.0.1:7000\n", &c, path)) {
+                CHECK(c.n_sentinels == 0, "blank addresses");
+                config_deinit(&c);
+        }
+        EXPECT_ERROR("[sentinel]\naddresses = unix:/run/sentinel.sock\n", 2,
+                     "[sentinel] addresses: 'unix:/run/sentinel.sock': expected host:port or "
+                     "[v6]:port, not unix:");
+        EXPECT_ERROR("[sentinel]\naddresses = s1:26379, unix:/s\n", 2,
+                     "[sentinel] addresses: 'unix:/s': expected host:port or [v6]:port, not "
+                     "unix:");
+        EXPECT_ERROR("[sentinel]\naddresses = s1:26379,,s2:26379\n", 2,
+                     "[sentinel] addresses: empty item in the list");
+        EXPECT_ERROR("[sentinel]\naddresses = s1\n", 2,
+                     "[sentinel] addresses: 's1' is not host:port, [v6]:port or unix:/path "
+                     "(missing :port)");
+        EXPECT_ERROR("[sentinel]\naddresses = s1:0\n", 2,
+                     "[sentinel] addresses: 's1:0': '0' is not a port (1..65535)");
+        EXPECT_ERROR("[sentinel]\naddresses = ::1:26379\n", 2,
+                     "[sentinel] addresses: '::1:26379': an IPv6 address needs brackets: "
+                     "[v6]:port");
+}
+
+/* Checks that need two keys, at the FILE:LINE (or env variable) the reader should look at. */
+static void
+test_backend_cross_keys(void)
+{
+        struct config c;
+        char path[PATH_BUF], err[MSG_BUF], want[MSG_BUF];
+
+        /* Sentinel needs a master name. */
+        EXPECT_ERROR("[sentinel]\naddresses = s1:26379\n", 2,
+                     "[sentinel] master_name: required when addresses is set");
+        EXPECT_ERROR("[sentinel]\npassword = x\n\naddresses = s1:26379, s2:26379\n", 4,
+                     "[sentinel] master_name: required when addresses is set");
+        /* An empty master_name written down is blamed where it is written. */
+        EXPECT_ERROR("[sentinel]\naddresses = s1:26379\n\nmaster_name =\n", 4,
+                     "[sentinel] master_name: required when addresses is set");
+
+        /* Sentinel and a static primary/replicas exclude each other, whatever the order. */
+        EXPECT_ERROR("[sentinel]\nmaster_name = m\naddresses = 10.0.0.1:26379\n"
+                     "[redis]\nprimary = 10.0.0.1:6379\n",
+                     3,
+                     "[sentinel] addresses: Sentinel and static primary/replicas are mutually "
+                     "exclusive");
+        EXPECT_ERROR("[redis]\nprimary = 127.0.0.1:6379\n[sentinel]\naddresses = s:1\n"
+                     "master_name = m\n",
+                     4,
+                     "[sentinel] addresses: Sentinel and static primary/replicas are mutually "
+                     "exclusive");
+        /* Written down counts, even empty or equal to the default. */
+        EXPECT_ERROR("[redis]\nreplicas =\n[sentinel]\naddresses = s:1\nmaster_name = m\n", 4,
+                     "[sentinel] addresses: Sentinel and static primary/replicas are mutually "
+                     "exclusive");
+        /* Both wrong: the exclusion is reported first. */
+        EXPECT_ERROR("[redis]\nreplicas = r:1\n[sentinel]\naddresses = s:1\n", 4,
+                     "[sentinel] addresses: Sentinel and static primary/replicas are mutually "
+                     "exclusive");
+
+        /* The environment sets primary/replicas too; the error points at the Sentinel line. */
+        {
+                static const char *const vars[][2] = {
+                        {"REDIS_HOST", "10.0.0.9"},
+                        {"REDIS_PORT", "6380"},
+                        {"REDIS_REPLICAS_HOST_PORT", "r1:6379"},
+                };
+                for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
+                        clear_env();
+                        setenv(vars[i][0], vars[i][1], 1);
+                        write_file(path, sizeof(path),
+                                   "[sentinel]\nmaster_name = m\n\naddresses = s1:26379\n");
+                        snprintf(want, sizeof(want),
+                                 "%s:4: [sentinel] addresses: Sentinel and static "
+                                 "primary/replicas are mutually exclusive",
+                                 path);
+                        CHECK(config_load(&c, path, err, sizeof(err)) == -1 &&
+                                      strcmp(err, want) == 0,
+                              "env %s with Sentinel\n  got:  %s\n  want: %s", vars[i][0], err,
+                              want);
+                        config_deinit(&c);
+                }
+                /* The other variables do not conflict. */
+                clear_env();
+                setenv("REDIS_PASSWORD", "pw", 1);
+                setenv("REDIS_TIMEOUT", "2", 1);
+                if (LOAD_OK("[sentinel]\nmaster_name = m\naddresses = s1:26379\n", &c, path)) {
+                        CHECK(c.n_sentinels == 1 && strcmp(c.password, "pw") == 0,
+                              "Sentinel with REDIS_PASSWORD and REDIS_TIMEOUT");
+                        config_deinit(&c);
+                }
+                clear_env();
+        }
+
+        /* A replica attempt must fit in the request deadline; 0 and equal are fine. */
+        EXPECT_ERROR("[redis]\nreplica_attempt_timeout_ms = 1001\n", 2,
+                     "[redis] replica_attempt_timeout_ms: 1001 is greater than "
+                     "command_timeout_ms 1000");
+        EXPECT_ERROR("[redis]\ncommand_timeout_ms = 200\nreplica_attempt_timeout_ms = 300\n", 3,
+                     "[redis] replica_attempt_timeout_ms: 300 is greater than "
+                     "command_timeout_ms 200");
+        EXPECT_ERROR("[redis]\nreplica_attempt_timeout_ms = 300\ncommand_timeout_ms = 200\n", 3,
+                     "[redis] command_timeout_ms: 200 is less than replica_attempt_timeout_ms "
+                     "300");
+        if (LOAD_OK("[redis]\ncommand_timeout_ms = 300\nreplica_attempt_timeout_ms = 300\n", &c,
+                    path)) {
+                CHECK(c.replica_attempt_timeout_ms == 300, "equal timeouts");
+                config_deinit(&c);
+        }
+        if (LOAD_OK("[redis]\ncommand_timeout_ms = 1\nreplica_attempt_timeout_ms = 0\n", &c,
+                    path)) {
+                CHECK(c.replica_attempt_timeout_ms == 0 && c.command_timeout_ms == 1,
+                      "0 means a third");
+                config_deinit(&c);
+        }
+        /* REDIS_TIMEOUT lowers command_timeout_ms under the file's replica attempt. */
+        clear_env();
+        setenv("REDIS_TIMEOUT", "0.2", 1);
+        write_file(path, sizeof(path), "[redis]\nreplica_attempt_timeout_ms = 300\n");
+        snprintf(want, sizeof(want),
+                 "%s:2: [redis] replica_attempt_timeout_ms: 300 is greater than "
+                 "command_timeout_ms 200",
+                 path);
+        CHECK(config_load(&c, path, err, sizeof(err)) == -1 && strcmp(err, want) == 0,
+              "REDIS_TIMEOUT under replica attempt\n  got:  %s\n  want: %s", err, want);
+        config_deinit(&c);
+        EXPECT_ENV_ERROR("[redis]\nreplica_attempt_timeout_ms = 300\ncommand_timeout_ms = 500\n",
+                         "env REDIS_TIMEOUT: [redis] command_timeout_ms: 200 is less than "
+                         "replica_attempt_timeout_ms 300");
+        clear_env();
+
+        /* The admin socket may not be the client socket (binding one unlinks the other). */
+        EXPECT_ERROR("[admin]\nsocket = /run/kcache/kcached.sock\n", 2,
+                     "[admin] socket: '/run/kcache/kcached.sock' is also the client socket");
+        EXPECT_ERROR("[server]\nsocket = /run/kcache/kcached-admin.sock\n", 2,
+                     "[server] socket: '/run/kcache/kcached-admin.sock' is also the admin socket");
+        EXPECT_ERROR("[admin]\nsocket = /tmp/k.sock\n[server]\nsocket = /tmp/k.sock\n", 4,
+                     "[server] socket: '/tmp/k.sock' is also the admin socket");
+        if (LOAD_OK("[admin]\nsocket =\n[server]\nsocket = /tmp/k.sock\n", &c, path)) {
+                CHECK(strcmp(c.admin_socket, "") == 0, "admin socket disabled");
+                config_deinit(&c);
+        }
+
+        /* The health timeout may exceed the interval: no check between them. */
+        if (LOAD_OK("[health]\ninterval_ms = 10\ntimeout_ms = 60000\n", &c, path)) {
+                CHECK(c.health_interval_ms == 10 && c.health_timeout_ms == 60000,
+                      "timeout_ms > interval_ms allowed");
+                config_deinit(&c);
+        }
 }
 
 static void
@@ -865,7 +1270,8 @@ dump_text(const struct config *c)
         if (f == NULL)
                 exit(2);
         config_dump(c, f);
-        fclose(f);
+        if (fclose(f) != 0 || text == NULL)
+                exit(2);
         return text;
 }
 
@@ -897,6 +1303,23 @@ test_dump(void)
         CHECK(strstr(text, "\nlevel = debug ; ") != NULL, "level name in the dump");
         CHECK(strstr(text, "\n[server]\n") != NULL && strstr(text, "\n[log]\n") != NULL,
               "sections");
+        CHECK(strstr(text, "sentinel-secret") == NULL,
+              "the dump must not show [sentinel] password");
+        CHECK(strstr(text, "\n[sentinel]\naddresses = ; default\nmaster_name = mymaster ; ") !=
+                      NULL,
+              "[sentinel] section:\n%s", text);
+        CHECK(strstr(text, "\nread_from = any ; ") != NULL, "read_from name in the dump");
+        CHECK(strstr(text, "\n[health]\ninterval_ms = 60000 ; ") != NULL, "[health] section");
+        CHECK(strstr(text, "\nreplica_attempt_timeout_ms = 2500 ; ") != NULL,
+              "replica_attempt_timeout_ms");
+#ifdef CONFIG_HAVE_ORIGINS
+        snprintf(want, sizeof(want), "\npassword = *** ; %s:33\n", path);
+        CHECK(strstr(text, want) != NULL, "[sentinel] password as ***:\n%s", text);
+        snprintf(want, sizeof(want), "\n[admin]\nsocket = /tmp/kc admin.sock ; %s:35\n", path);
+        CHECK(strstr(text, want) != NULL, "[admin] socket in the dump");
+        snprintf(want, sizeof(want), "\nsocket_mode = 0660 ; %s:36\n", path);
+        CHECK(strstr(text, want) != NULL, "[admin] socket_mode in the dump");
+#endif
 #ifdef CONFIG_HAVE_ORIGINS
         snprintf(want, sizeof(want), "\nmax_clients = 77 ; %s:5\n", path);
         CHECK(strstr(text, want) != NULL, "FILE:LINE source in the dump");
@@ -913,6 +1336,8 @@ test_dump(void)
         } else {
                 CHECK(config_equal(&c, &d, false), "dump round trip differs:\n%s", text);
                 CHECK(strcmp(d.password, "***") == 0, "password loads back as ***");
+                CHECK(strcmp(d.sentinel_password, "***") == 0,
+                      "[sentinel] password loads back as ***");
                 for (int i = 0; i < N_KEYS; i++) {
                         CHECK(d.sources[i] == CONFIG_SRC_FILE, "dump reload sources[%d]", i);
                 }
@@ -962,6 +1387,62 @@ test_dump(void)
                         free(text);
                         config_deinit(&c);
                 }
+        }
+
+        /*
+         * With Sentinel, primary and replicas are shown commented out: written
+         * next to addresses they would not load back.
+         */
+        if (LOAD_OK("[sentinel]\n"
+                    "addresses = s1.example:26379, [::1]:26380\n"
+                    "master_name = mymaster\n"
+                    "password = s3ntinel-pw\n"
+                    "[redis]\n"
+                    "read_from = primary\n",
+                    &c, path)) {
+                text = dump_text(&c);
+                CHECK(strstr(text, "s3ntinel-pw") == NULL, "no Sentinel secret in the dump");
+                CHECK(strstr(text, "\n; primary = 127.0.0.1:6379 ; default, unused with [sentinel] "
+                                   "addresses\n") != NULL,
+                      "primary commented out");
+                CHECK(strstr(text,
+                             "\n; replicas = ; default, unused with [sentinel] addresses\n") !=
+                              NULL,
+                      "replicas commented out");
+                CHECK(strstr(text, "\naddresses = s1.example:26379, [::1]:26380 ; ") != NULL,
+                      "addresses in the dump");
+                write_file(dpath, sizeof(dpath), text);
+                if (config_load(&d, dpath, err, sizeof(err)) != 0) {
+                        CHECK(false, "the Sentinel dump must load back: %s\n%s", err, text);
+                } else {
+                        CHECK(config_equal(&c, &d, false), "Sentinel round trip:\n%s", text);
+                        CHECK(d.n_sentinels == 2 && d.read_from == READ_FROM_PRIMARY,
+                              "Sentinel reload");
+                        CHECK(strcmp(d.sentinel_password, "***") == 0, "*** loads back");
+                        CHECK(d.sources[7] == CONFIG_SRC_DEFAULT &&
+                                      d.sources[8] == CONFIG_SRC_DEFAULT,
+                              "primary and replicas stay defaults");
+                        config_deinit(&d);
+                }
+                free(text);
+                config_deinit(&c);
+        }
+
+        /* An empty [admin] socket (disabled) round trips. */
+        if (LOAD_OK("[admin]\nsocket =\n", &c, path)) {
+                text = dump_text(&c);
+                snprintf(want, sizeof(want), "\n[admin]\nsocket = ; %s", path);
+                CHECK(strstr(text, want) != NULL, "empty admin socket in the dump:\n%s", text);
+                write_file(dpath, sizeof(dpath), text);
+                if (config_load(&d, dpath, err, sizeof(err)) != 0) {
+                        CHECK(false, "empty admin socket dump must load back: %s", err);
+                } else {
+                        CHECK(config_equal(&c, &d, true) && strcmp(d.admin_socket, "") == 0,
+                              "empty admin socket round trip");
+                        config_deinit(&d);
+                }
+                free(text);
+                config_deinit(&c);
         }
 
         /* A long env list: its source comment moves above it. */
@@ -1105,6 +1586,8 @@ main(int argc, char **argv)
         test_full_file();
         test_syntax_errors();
         test_value_errors();
+        test_backend_values();
+        test_backend_cross_keys();
         test_parse_addr();
         test_comments_and_forms();
         test_env();

@@ -38,8 +38,10 @@ def test_hello(cli):
     assert set(opts) == set(ALL_METHODS)
     assert opts["set"] == ["ttl"]
     assert opts["mset"] == ["ttl"]
+    for m in ("get", "mget", "exists", "ttl"):
+        assert opts[m] == ["consistency"], m
     for m in ALL_METHODS:
-        if m not in ("set", "mset"):
+        if m not in ("set", "mset", "get", "mget", "exists", "ttl"):
             assert opts[m] == [], m
 
 
