@@ -146,7 +146,7 @@ json_double(struct json *j, double v)
                 json_raw(j, "null", 4);
                 return;
         }
-        json_raw(j, s, (size_t)snprintf(s, sizeof(s), "%.6g", v));
+        json_raw(j, s, (size_t)snprintf(s, sizeof(s), "%.15g", v));
 }
 
 void

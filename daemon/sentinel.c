@@ -45,6 +45,7 @@ struct sentinel {
         int q_tried;    /* sentinels tried in this round */
         int q_good;     /* the one that answered last */
         bool in_round;
+        bool is_connecting; /* inside rconn_connect(): an instant failure is handled inline */
         bool have_master;
         struct config_addr master;
         struct config_addr replicas[CONFIG_MAX_REPLICAS];
@@ -205,8 +206,10 @@ q_on_state(struct rconn *rc, enum rconn_event ev, const char *why)
         if (!sn->in_round)
                 return;
         if (ev == RCONN_EV_DOWN) {
-                snprintf(sn->last_error, sizeof(sn->last_error), "sentinel %d: %s", sn->q_idx, why);
-                sentinel_round_next(sn);
+                snprintf(sn->last_error, sizeof(sn->last_error), "sentinel %d: %s", sn->q_idx,
+                         why != NULL ? why : "closed");
+                if (!sn->is_connecting)
+                        sentinel_round_next(sn);
                 return;
         }
         len = snprintf(cmd, sizeof(cmd),
@@ -248,7 +251,10 @@ sentinel_round_next(struct sentinel *sn)
                 sn->q_idx = (sn->q_good + sn->q_tried) % sn->cfg->n_sentinels;
                 sn->q_tried++;
                 sn->have_master = false;
-                if (sentinel_connect(sn, &sn->q, sn->q_idx) < 0) {
+                sn->is_connecting = true;
+                int r = sentinel_connect(sn, &sn->q, sn->q_idx);
+                sn->is_connecting = false;
+                if (r < 0) {
                         snprintf(sn->last_error, sizeof(sn->last_error),
                                  "sentinel %d: not an IP address", sn->q_idx);
                         continue;

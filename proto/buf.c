@@ -48,6 +48,13 @@ buf_reserve(struct buf *b, size_t n)
 
         if (b->cap - b->len >= n)
                 return 0;
+        /* Reuse the consumed front before growing: a buffer that is appended to
+         * while being read from, but never quite drained, must not creep. The
+         * off >= cap / 4 rule keeps the memmove amortised. */
+        if (b->off >= b->cap / 4 && b->cap - buf_size(b) >= n) {
+                buf_compact(b);
+                return 0;
+        }
         if (n > BUF_MAX_CAP - b->len)
                 return -ENOMEM;
         need = b->len + n;

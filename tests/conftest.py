@@ -18,9 +18,11 @@ REDIS_SERVER (default: redis-server on PATH).
 """
 
 import errno
+import json
 import os
 import re
 import select
+import selectors
 import shutil
 import signal
 import socket
@@ -28,6 +30,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import msgpack
@@ -491,8 +494,8 @@ def err_code(err):
 # kcached.
 # --------------------------------------------------------------------------
 
-def default_ini(sock, redis_port):
-    return {
+def default_ini(sock, redis_port, admin_sock=None):
+    sections = {
         "server": {"socket": sock, "drain_timeout_ms": int(1000 * TIME_SCALE)},
         "redis": {"primary": f"127.0.0.1:{redis_port}",
                   "connect_timeout_ms": int(1000 * TIME_SCALE),
@@ -500,6 +503,47 @@ def default_ini(sock, redis_port):
         "cache": {"key_prefix": "kc:"},
         "log": {"level": "debug"},
     }
+    if admin_sock is not None:
+        # Never the built-in default under /run: each test has its own.
+        sections["admin"] = {"socket": admin_sock}
+    return sections
+
+
+class AdminClient:
+    """A session on kcached's admin socket (line protocol): cmd() sends one
+    line and returns the answer line without its newline."""
+
+    def __init__(self, path, timeout=5.0):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(T(timeout))
+        self.sock.connect(path)
+        self.buf = b""
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+    def send(self, data):
+        self.sock.sendall(data if isinstance(data, bytes) else data.encode())
+
+    def line(self):
+        """The next answer line (str, without "\n"); ConnectionClosed at EOF."""
+        while b"\n" not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionClosed(f"admin socket closed; unterminated: {self.buf!r}")
+            self.buf += data
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.decode("utf-8", "replace")
+
+    def cmd(self, line):
+        self.send(line + "\n")
+        return self.line()
 
 
 def render_ini(sections):
@@ -520,9 +564,10 @@ class Kcached:
         self.workdir = workdir
         self.name = name
         self.sock = sock or os.path.join(workdir, f"{name}.sock")
+        self.admin_sock = os.path.join(workdir, f"{name}-admin.sock")
         self.ini_path = os.path.join(workdir, f"{name}.ini")
         self.log_path = os.path.join(workdir, f"{name}.log")
-        self.sections = default_ini(self.sock, redis_port)
+        self.sections = default_ini(self.sock, redis_port, self.admin_sock)
         for sec, kv in (ini or {}).items():
             self.sections.setdefault(sec, {}).update(kv)
         self.env = env or {}
@@ -576,6 +621,16 @@ class Kcached:
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
+
+    def admin_client(self, timeout=5.0):
+        """An AdminClient on this kcached's admin socket (the caller closes it)."""
+        return AdminClient(self.sections.get("admin", {}).get("socket") or self.admin_sock,
+                           timeout=timeout)
+
+    def admin(self, cmd, timeout=5.0):
+        """One admin command on a fresh connection; the answer line as str."""
+        with self.admin_client(timeout=timeout) as a:
+            return a.cmd(cmd)
 
     def freeze(self):
         os.kill(self.proc.pid, signal.SIGSTOP)
@@ -806,6 +861,253 @@ def assert_healthy(kcd):
 __all__ = [
     "T", "TIME_SCALE", "wait_until", "free_port", "rss_kb", "tail", "child_env",
     "Resp", "RespError", "RedisServer", "RpcClient", "ConnectionClosed", "pack",
-    "pack_map_raw", "pack_array_raw", "raw_request", "err_code", "Kcached", "Harness",
+    "pack_map_raw", "pack_array_raw", "raw_request", "err_code", "Kcached", "Harness", "AdminClient",
     "assert_healthy", "KCACHED", "KCACHE_CLI", "LIBKCACHE", "errno",
 ]
+
+
+# --------------------------------------------------------------------------
+# Several Redis nodes: a primary with replicas, kcached's admin socket, and a
+# read load that checks every answer (test_backends.py, test_sentinel.py,
+# bench/failover.py).
+# --------------------------------------------------------------------------
+
+def wait_replica_link(r, timeout=10):
+    """Polls until redis-server r reports its link to its primary up."""
+    def link_up():
+        return "master_link_status:up" in r.cmd("INFO", "replication").decode()
+    wait_until(link_up, timeout, f"{r.name} (port {r.port}) replication link up")
+
+
+def admin_json(k, line, timeout=5.0):
+    """Kcached.admin() for the commands that answer one JSON object (stats, backends)."""
+    text = k.admin(line, timeout=timeout)
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise AssertionError(f"admin {line!r} did not answer JSON: {text!r}") from None
+
+
+def node_of(backends, port, host="127.0.0.1"):
+    """The node of an admin `backends` answer whose addr is host:port."""
+    addr = f"{host}:{port}"
+    for n in backends.get("nodes", []):
+        if n.get("addr") == addr:
+            return n
+    raise AssertionError(f"no node {addr} in backends: {backends!r}")
+
+
+class Topology:
+    """A Redis primary and replicas (replication links up) and the kcacheds
+    pointing at them (their admin socket: Kcached.admin())."""
+
+    def __init__(self, harness, n_replicas=2):
+        self.harness = harness
+        self.primary = harness.redis()
+        self.replicas = [harness.redis(replicaof=self.primary.port) for _ in range(n_replicas)]
+        for r in self.replicas:
+            wait_replica_link(r)
+
+    def kcached(self, ini=None, replica_ports=None, start=True, env=None):
+        """replica_ports: the [redis] replicas (default: this topology's)."""
+        if replica_ports is None:
+            replica_ports = [r.port for r in self.replicas]
+        sections = {"redis": {"replicas": ",".join(f"127.0.0.1:{p}" for p in replica_ports)
+                              or None}}
+        for sec, kv in (ini or {}).items():
+            sections.setdefault(sec, {}).update(kv)
+        return self.harness.kcached(self.primary, ini=sections, env=env, start=start)
+
+    def backends(self, k):
+        return admin_json(k, "backends")
+
+    def node(self, k, r):
+        """The admin `backends` entry of redis-server r (or a port)."""
+        return node_of(self.backends(k), getattr(r, "port", r))
+
+    def preset(self, k, n=100, prefix="pre"):
+        """Sets n keys through kcached and waits until every replica holds them.
+        Returns {key: value}."""
+        keys = {f"{prefix}:{i:04d}": b"value-%04d-" % i + os.urandom(8).hex().encode()
+                for i in range(n)}
+        with RpcClient(k.sock) as c:
+            for key, v in keys.items():
+                err, res = c.call("set", key, v)
+                assert (err, res) == (None, True), f"preset set {key}: {err!r}"
+        pfx = k.sections.get("cache", {}).get("key_prefix", "kc:")
+        last = (pfx + list(keys)[-1]).encode()
+        for r in self.replicas:
+            if r.alive():
+                wait_until(lambda r=r: r.cmd("GET", last) == keys[list(keys)[-1]], 10,
+                           f"{r.name} to replicate the preset keys")
+        return keys
+
+
+class ReadLoad:
+    """Reads pre-set keys through kcached from `conns` connections on one
+    selector thread, each keeping `depth` gets in flight, and checks every
+    answer: a failure is an error response, a wrong value, a closed
+    connection, or no response within `timeout` seconds (scaled). Records
+    (completion time, latency, ok) for every request."""
+
+    def __init__(self, sock_path, keys, conns=10, depth=1, timeout=5.0, options=None):
+        self.sock_path = sock_path
+        self.keys = list(keys.items())
+        self.n_conns = conns
+        self.depth = depth
+        self.timeout = T(timeout)
+        self.options = options
+        self.samples = []    # (t_done monotonic, latency s, ok)
+        self.failures = []   # (t monotonic, key, what)
+        self.anomalies = []  # responses nobody waits for (duplicates, unknown msgid)
+        self.n_ok = 0
+        self.marks = {}
+        self._stop = threading.Event()
+        self._thread = None
+        self._conns = []
+        self.t_start = None
+        self.t_stop = None
+
+    # -- life
+    def start(self):
+        for _ in range(self.n_conns):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(T(5))
+            s.connect(self.sock_path)
+            self._conns.append({"sock": s, "unpacker": msgpack.Unpacker(raw=False),
+                                "out": {}, "next": 1, "ki": len(self._conns) * 7, "open": True})
+        self.t_start = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="readload", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        """Stops sending, waits for (or times out) what is in flight, returns self."""
+        self._stop.set()
+        self._thread.join(self.timeout + T(10))
+        assert not self._thread.is_alive(), "read load thread did not stop"
+        for c in self._conns:
+            c["sock"].close()
+        self.t_stop = time.monotonic()
+        return self
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *a):
+        if self._thread is not None and self._thread.is_alive():
+            self.stop()
+
+    def mark(self, name):
+        self.marks[name] = time.monotonic()
+        return self.marks[name]
+
+    # -- results
+    def ok_since(self, t):
+        return sum(1 for s in list(self.samples) if s[0] >= t and s[2])
+
+    def wait_ok(self, n, timeout=10, since=None):
+        """Polls until n more successful reads completed (since `since`, default now)."""
+        t = time.monotonic() if since is None else since
+        wait_until(lambda: self.ok_since(t) >= n or self._thread_died(), timeout,
+                   f"{n} successful reads")
+        assert not self._thread_died(), "read load thread died"
+
+    def _thread_died(self):
+        return self._thread is not None and not self._thread.is_alive() and not self._stop.is_set()
+
+    def describe_failures(self, limit=10):
+        if not self.failures and not self.anomalies:
+            return "no failures"
+        t0 = self.t_start or 0
+        lines = [f"{len(self.failures)} failed reads of {len(self.samples)}, "
+                 f"{len(self.anomalies)} anomalies; marks: "
+                 + ", ".join(f"{k}@{v - t0:.3f}s" for k, v in self.marks.items())]
+        for t, key, what in self.failures[:limit]:
+            lines.append(f"  +{t - t0:.3f}s {key}: {what}")
+        for a in self.anomalies[:limit]:
+            lines.append(f"  anomaly: {a!r}")
+        return "\n".join(lines)
+
+    # -- the loop
+    def _send(self, c, now):
+        while c["open"] and len(c["out"]) < self.depth and not self._stop.is_set():
+            key, expected = self.keys[c["ki"] % len(self.keys)]
+            c["ki"] += 1
+            msgid = c["next"]
+            c["next"] += 1
+            params = [key] if self.options is None else [key, self.options]
+            try:
+                c["sock"].sendall(msgpack.packb([0, msgid, "get", params], use_bin_type=True))
+            except OSError as e:
+                self._lost(c, now, f"send failed: {e!r}")
+                return
+            c["out"][msgid] = (key, expected, now)
+
+    def _lost(self, c, now, what):
+        if not c["open"]:
+            return
+        c["open"] = False
+        for key, _, t0 in c["out"].values():
+            self.failures.append((now, key, what))
+            self.samples.append((now, now - t0, False))
+        c["out"].clear()
+
+    def _on_response(self, c, obj, now):
+        if not (isinstance(obj, list) and len(obj) == 4 and obj[0] == 1):
+            self.anomalies.append(("not a response", obj))
+            return
+        _, msgid, err, res = obj
+        ent = c["out"].pop(msgid, None)
+        if ent is None:
+            self.anomalies.append(("response nobody waits for", msgid, err))
+            return
+        key, expected, t0 = ent
+        ok = err is None and res == expected
+        if ok:
+            self.n_ok += 1
+        elif err is not None:
+            self.failures.append((now, key, f"error {err!r} after {now - t0:.3f}s"))
+        else:
+            self.failures.append((now, key, f"wrong value {res!r}"))
+        self.samples.append((now, now - t0, ok))
+
+    def _run(self):
+        sel = selectors.DefaultSelector()
+        now = time.monotonic()
+        for c in self._conns:
+            c["sock"].setblocking(True)
+            c["sock"].settimeout(T(5))
+            sel.register(c["sock"], selectors.EVENT_READ, c)
+            self._send(c, now)
+        while True:
+            stopping = self._stop.is_set()
+            if stopping and not any(c["out"] for c in self._conns if c["open"]):
+                break
+            for sk, _ in sel.select(0.02):
+                c = sk.data
+                now = time.monotonic()
+                try:
+                    data = c["sock"].recv(1 << 20)
+                except OSError as e:
+                    data = None
+                    err = e
+                if not data:
+                    sel.unregister(c["sock"])
+                    self._lost(c, now, "connection closed by kcached" if data == b""
+                               else f"recv failed: {err!r}")
+                    continue
+                c["unpacker"].feed(data)
+                for obj in c["unpacker"]:
+                    self._on_response(c, obj, now)
+                self._send(c, now)
+            now = time.monotonic()
+            for c in self._conns:
+                late = [m for m, (_, _, t0) in c["out"].items() if now - t0 > self.timeout]
+                for m in late:
+                    key, _, t0 = c["out"].pop(m)
+                    self.failures.append((now, key, f"no response within {self.timeout:.1f}s"))
+                    self.samples.append((now, now - t0, False))
+                if late:
+                    self._send(c, now)
+        sel.close()
