@@ -70,6 +70,7 @@ struct node {
         struct resolve_job *job; /* while resolving; owned by the resolver */
         ev_timer retry;
         int backoff_ms;
+        unsigned addr_rr; /* which of a name's addresses to try next */
         ev_timer probe_timer;
         ev_timer probe_deadline;
         uint32_t probe_gen;
@@ -301,9 +302,12 @@ pconn_on_state(struct rconn *rc, enum rconn_event ev, const char *why)
 }
 
 static void
-node_on_resolved(void *priv, int err, const struct sockaddr *addr, socklen_t len)
+node_on_resolved(void *priv, int err, const struct sockaddr_storage *addrs, const socklen_t *lens,
+                 int n_addrs)
 {
         struct node *n = priv;
+        const struct sockaddr *addr;
+        socklen_t len;
         char why[300];
 
         n->job = NULL;
@@ -316,6 +320,11 @@ node_on_resolved(void *priv, int err, const struct sockaddr *addr, socklen_t len
                         backend_report_ready(n->be);
                 return;
         }
+        /* A name with several addresses: each connect round tries the next one. */
+        if (n->consec_fail > 0)
+                n->addr_rr++;
+        addr = (const struct sockaddr *)&addrs[n->addr_rr % (unsigned)n_addrs];
+        len = lens[n->addr_rr % (unsigned)n_addrs];
         for (int i = 0; i < n->n_conns; i++) {
                 struct rconn *rc = &n->conns[i].rc;
                 if (rc->state != RCONN_IDLE)
@@ -342,7 +351,7 @@ node_connect(struct node *n)
                 return;
         r = resolve_literal(&n->addr, &ss, &len);
         if (r == 0) {
-                node_on_resolved(n, 0, (struct sockaddr *)&ss, len);
+                node_on_resolved(n, 0, &ss, &len, 1);
                 return;
         }
         r = resolve_start(&n->addr, node_on_resolved, n, &n->job);

@@ -27,8 +27,9 @@ struct resolve_job {
         resolve_cb cb; /* NULL once cancelled; touched on the loop thread only */
         void *priv;
         int err;
-        struct sockaddr_storage addr;
-        socklen_t len;
+        struct sockaddr_storage addrs[RESOLVE_MAX_ADDRS];
+        socklen_t lens[RESOLVE_MAX_ADDRS];
+        int n;
 };
 
 static struct ev_loop *resolve_loop;
@@ -48,7 +49,7 @@ resolve_on_async(struct ev_loop *loop, ev_async *w, int revents)
         while (job != NULL) {
                 struct resolve_job *next = job->next;
                 if (job->cb != NULL)
-                        job->cb(job->priv, job->err, (const struct sockaddr *)&job->addr, job->len);
+                        job->cb(job->priv, job->err, job->addrs, job->lens, job->n);
                 free(job);
                 job = next;
         }
@@ -111,10 +112,17 @@ resolve_thread(void *arg)
 
         job->err = getaddrinfo(job->host, job->port, &hints, &res);
         if (job->err == 0) {
-                /* The first address; the next lookup (on reconnect) may pick another. */
-                memcpy(&job->addr, res->ai_addr, res->ai_addrlen);
-                job->len = res->ai_addrlen;
+                /* Several: "localhost" may say ::1 first while Redis listens on 127.0.0.1. */
+                for (struct addrinfo *ai = res; ai != NULL && job->n < RESOLVE_MAX_ADDRS;
+                     ai = ai->ai_next) {
+                        if (ai->ai_addrlen > sizeof(job->addrs[0]))
+                                continue;
+                        memcpy(&job->addrs[job->n], ai->ai_addr, ai->ai_addrlen);
+                        job->lens[job->n++] = ai->ai_addrlen;
+                }
                 freeaddrinfo(res);
+                if (job->n == 0)
+                        job->err = EAI_FAMILY;
         }
         pthread_mutex_lock(&resolve_lock);
         job->next = resolve_done;

@@ -19,8 +19,12 @@
 
 struct resolve_job;
 
-/* err is 0 or an EAI_* code; addr is valid only during the call. */
-typedef void (*resolve_cb)(void *priv, int err, const struct sockaddr *addr, socklen_t len);
+#define RESOLVE_MAX_ADDRS 8
+
+/* err is 0 or an EAI_* code; addrs (n of them, in getaddrinfo's order) are
+ * valid only during the call. */
+typedef void (*resolve_cb)(void *priv, int err, const struct sockaddr_storage *addrs,
+                           const socklen_t *lens, int n);
 
 int resolve_init(struct ev_loop *loop);
 void resolve_deinit(void);

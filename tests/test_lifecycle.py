@@ -263,3 +263,25 @@ def test_first_request_right_after_start_is_served(harness, redis):
             bad.append((i, r1, r2))
         assert k.terminate() == 0
     assert not bad, f"requests right after start were not served: {bad}"
+
+
+def test_primary_given_by_host_name(harness, redis):
+    """A name (as a Kubernetes service would be) is resolved off the loop; for
+    "localhost" getaddrinfo may answer ::1 first while Redis listens on
+    127.0.0.1 only, so kcached must move on to the next address."""
+    k = harness.kcached(redis, ini={"redis": {"primary": f"localhost:{redis.port}"}})
+    c = k.client()
+    wait_until(lambda: c.call("set", "named", b"v") == (None, True), 10,
+               "kcached to reach Redis by host name")
+    assert c.call("get", "named") == (None, b"v")
+
+
+def test_unresolvable_primary_is_unavailable_not_a_hang(harness):
+    k = harness.kcached(ini={"redis": {"primary": "no-such-host.invalid:6379",
+                                       "command_timeout_ms": 5000}})
+    c = k.client()
+    t0 = time.monotonic()
+    err, _ = c.call("get", "k", timeout=10)
+    assert err_code(err) == "UNAVAILABLE"
+    assert time.monotonic() - t0 < T(2.0)
+    assert c.call("ping") == (None, "pong")
