@@ -60,6 +60,8 @@ struct pconn {
 struct node {
         struct backend *be; /* ref, owner */
         uint64_t id;        /* unique for the process's lifetime */
+        struct sockaddr_storage ss; /* last address connected to, for the subscriber */
+        socklen_t sslen;
         enum node_role role;
         struct config_addr addr;
         bool has_addr;
@@ -109,6 +111,14 @@ struct backend {
         size_t handshake_len;
         unsigned n_handshake;
         struct sentinel *sn; /* owned; NULL without [sentinel] */
+        /* pub/sub subscriber to the primary */
+        struct rconn sub;
+        char *sub_channel; /* owned */
+        size_t sub_channel_len;
+        void (*sub_fn)(void *priv, const char *msg, size_t n);
+        void (*sub_up)(void *priv);
+        void *sub_priv;
+        ev_timer sub_retry;
         /* lag heartbeat: values written to the primary and acknowledged, ascending */
         char hb_key[96];
         int64_t hb_acked[BACKEND_HB_RING];
@@ -118,6 +128,9 @@ struct backend {
 
 static void node_connect(struct node *n);
 static void node_teardown(struct node *n, const char *why);
+static void sub_on_state(struct rconn *rc, enum rconn_event ev, const char *why);
+static void sub_on_push(void *priv, redisReply *reply);
+static void sub_on_retry(struct ev_loop *loop, ev_timer *w, int revents);
 
 static double
 wall_now(void)
@@ -325,6 +338,8 @@ node_on_resolved(void *priv, int err, const struct sockaddr_storage *addrs, cons
                 n->addr_rr++;
         addr = (const struct sockaddr *)&addrs[n->addr_rr % (unsigned)n_addrs];
         len = lens[n->addr_rr % (unsigned)n_addrs];
+        memcpy(&n->ss, addr, len);
+        n->sslen = len;
         for (int i = 0; i < n->n_conns; i++) {
                 struct rconn *rc = &n->conns[i].rc;
                 if (rc->state != RCONN_IDLE)
@@ -737,6 +752,9 @@ backend_new(struct backend **out, struct ev_loop *loop, const struct config *cfg
                 return -ENOMEM;
         be->loop = loop;
         be->cfg = cfg;
+        rconn_init(&be->sub, loop, sub_on_state, be, "subscriber");
+        rconn_set_push(&be->sub, sub_on_push, be);
+        ev_timer_init(&be->sub_retry, sub_on_retry, 0., 0.);
         gethostname(host, sizeof(host) - 1);
         snprintf(be->hb_key, sizeof(be->hb_key), "kcache:hb:%s:%ld:%08lx", host, (long)getpid(),
                  (unsigned long)random());
@@ -768,6 +786,9 @@ backend_free(struct backend *be)
         if (be == NULL)
                 return NULL;
         be->sn = sentinel_free(be->sn);
+        ev_timer_stop(be->loop, &be->sub_retry);
+        rconn_deinit(&be->sub);
+        free(be->sub_channel);
         for (int i = 0; i < be->n_replicas; i++)
                 be->replicas[i] = node_free(be->replicas[i]);
         be->primary = node_free(be->primary);
@@ -813,6 +834,8 @@ backend_set_topology(struct backend *be, const struct config_addr *primary,
                 log_warn("backend", "primary_moved", "backend: primary is now %s (was %s)",
                          config_addr_str(primary, a, sizeof(a)), n->addr_str);
                 node_move(n, primary);
+                if (be->sub.state != RCONN_IDLE)
+                        rconn_close(&be->sub, "primary moved");
         }
         /* Remove replicas that are gone (or became the primary). */
         for (int i = 0; i < be->n_replicas;) {
@@ -849,6 +872,99 @@ backend_set_topology(struct backend *be, const struct config_addr *primary,
                 be->replicas[be->n_replicas++] = r;
                 node_connect(r);
         }
+}
+
+/* --- subscriber -------------------------------------------------------------------- */
+
+static void sub_connect(struct backend *be);
+
+static void
+sub_on_push(void *priv, redisReply *reply)
+{
+        struct backend *be = priv;
+
+        /* Only ["message", channel, payload]; confirmations and others are ignored. */
+        if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3 ||
+            reply->element[0]->type != REDIS_REPLY_STRING ||
+            strcmp(reply->element[0]->str, "message") != 0 ||
+            reply->element[2]->type != REDIS_REPLY_STRING)
+                return;
+        be->sub_fn(be->sub_priv, reply->element[2]->str, reply->element[2]->len);
+}
+
+static void
+sub_on_subscribed(void *priv, uint32_t gen, redisReply *reply, int err)
+{
+        struct backend *be = priv;
+
+        if (err == 0 && reply->type == REDIS_REPLY_ARRAY && be->sub_up != NULL)
+                be->sub_up(be->sub_priv);
+}
+
+static void
+sub_on_state(struct rconn *rc, enum rconn_event ev, const char *why)
+{
+        struct backend *be = rc->owner;
+        struct buf b = BUF_INIT;
+        char hdr[32];
+
+        if (ev == RCONN_EV_UP) {
+                buf_append(&b, "*2\r\n$9\r\nSUBSCRIBE\r\n", 20);
+                buf_append(&b, hdr, (size_t)snprintf(hdr, sizeof(hdr), "$%zu\r\n", be->sub_channel_len));
+                buf_append(&b, be->sub_channel, be->sub_channel_len);
+                buf_append(&b, "\r\n", 2);
+                if (b.len == 0 || rconn_send(rc, (const char *)b.data, b.len, 1, sub_on_subscribed,
+                                             be, 0) < 0)
+                        rconn_close(rc, "out of memory");
+                buf_deinit(&b);
+                return;
+        }
+        log_debug("backend", "sub_down", "backend: subscriber: %s", why != NULL ? why : "closed");
+        if (!ev_is_active(&be->sub_retry)) {
+                ev_timer_set(&be->sub_retry, 0.2, 0.);
+                ev_timer_start(be->loop, &be->sub_retry);
+        }
+}
+
+static void
+sub_on_retry(struct ev_loop *loop, ev_timer *w, int revents)
+{
+        sub_connect((struct backend *)((char *)w - offsetof(struct backend, sub_retry)));
+}
+
+static void
+sub_connect(struct backend *be)
+{
+        struct node *p = be->primary;
+
+        if (be->sub_fn == NULL || be->sub.state != RCONN_IDLE)
+                return;
+        if (p->sslen == 0 || !node_usable(p)) {
+                ev_timer_set(&be->sub_retry, 0.2, 0.);
+                ev_timer_start(be->loop, &be->sub_retry);
+                return;
+        }
+        if (rconn_connect(&be->sub, (struct sockaddr *)&p->ss, p->sslen, be->handshake,
+                          be->handshake_len, be->n_handshake, be->cfg->connect_timeout_ms) < 0) {
+                ev_timer_set(&be->sub_retry, 0.5, 0.);
+                ev_timer_start(be->loop, &be->sub_retry);
+        }
+}
+
+void
+backend_subscribe(struct backend *be, const char *channel, size_t len,
+                  void (*fn)(void *priv, const char *msg, size_t n), void (*up)(void *priv),
+                  void *priv)
+{
+        be->sub_channel = malloc(len);
+        if (be->sub_channel == NULL)
+                return;
+        memcpy(be->sub_channel, channel, len);
+        be->sub_channel_len = len;
+        be->sub_fn = fn;
+        be->sub_up = up;
+        be->sub_priv = priv;
+        sub_connect(be);
 }
 
 const struct config_addr *

@@ -126,6 +126,17 @@ void backend_write_json(struct backend *be, struct json *j);
 void backend_set_topology(struct backend *be, const struct config_addr *primary,
                           const struct config_addr *replicas, int n_replicas);
 
+/*
+ * Keeps one subscriber connection to the primary, SUBSCRIBEd to channel
+ * (copied), following the primary when it moves and reconnecting when the
+ * link drops. fn gets every pub/sub message's payload (valid during the
+ * call); up(priv) is called each time the subscription is (re)established,
+ * so the caller can re-check what it may have missed.
+ */
+void backend_subscribe(struct backend *be, const char *channel, size_t len,
+                       void (*fn)(void *priv, const char *msg, size_t n), void (*up)(void *priv),
+                       void *priv);
+
 /* The primary's address as now used (for logs and the admin socket). */
 const struct config_addr *backend_primary_addr(const struct backend *be);
 

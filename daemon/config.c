@@ -95,6 +95,16 @@ enum {
         K_KEY_PREFIX,
         K_DEFAULT_TTL,
         K_MAX_TTL,
+        K_MAX_KEY_BYTES,
+        K_MAX_VALUE_BYTES,
+        K_COMPRESSION,
+        K_COMPRESSION_LEVEL,
+        K_COMPRESSION_THRESHOLD,
+        K_COMPRESS_INLINE_MAX,
+        K_LEASE_TTL_MS,
+        K_MAX_WAIT_MS,
+        K_MAX_TRACKED_NAMESPACES,
+        K_NS_CHECK_MS,
         K_LOG_LEVEL,
         K_COUNT
 };
@@ -127,7 +137,10 @@ _Static_assert(K_COUNT <= ARRAY_SIZE(((struct config *)0)->sources),
         [id] = {sec, name, CONFIG_T_ENUM, FIELD(f, int), def, 0, 0, rel, help, NULL, values}
 /* clang-format on */
 
-/* Indexed by enum log_level and enum config_read_from; NULL-terminated for CONFIG_T_ENUM. */
+/*
+ * Indexed by enum log_level, enum config_read_from and enum config_compression;
+ * NULL-terminated for CONFIG_T_ENUM.
+ */
 static const char *const log_level_names[] = {
         [LOG_DEBUG] = "debug",
         [LOG_INFO] = "info",
@@ -140,6 +153,12 @@ static const char *const read_from_names[] = {
         [READ_FROM_REPLICA] = "replica",
         [READ_FROM_PRIMARY] = "primary",
         [READ_FROM_ANY] = "any",
+        NULL,
+};
+
+static const char *const compression_names[] = {
+        [COMPRESSION_ZLIB] = "zlib",
+        [COMPRESSION_OFF] = "off",
         NULL,
 };
 
@@ -228,6 +247,36 @@ static const struct config_key config_keys[K_COUNT] = {
                 "TTL of an entry stored without one, in seconds; at most max_ttl."),
         KEY_INT(K_MAX_TTL, "cache", max_ttl, "2592000", 1, 2147483647, true, NULL,
                 "Longest TTL, in seconds."),
+        KEY_INT(K_MAX_KEY_BYTES, "cache", max_key_bytes, "1024", 1, 65536, true, NULL,
+                "Longest application key, in bytes (any bytes); a longer one is refused with "
+                "TOO_LARGE."),
+        KEY_INT(K_MAX_VALUE_BYTES, "cache", max_value_bytes, "16777216", 1, 1073741824, true, NULL,
+                "Largest value kcached stores or inflates, in bytes: a larger write is refused "
+                "with TOO_LARGE, a stored value claiming a larger size reads as corrupt (a miss)."),
+        KEY_ENUM(K_COMPRESSION, "cache", "compression", compression, compression_names, "zlib",
+                 true,
+                 "How values are written: zlib (compressed when that makes them smaller) or off."),
+        KEY_INT(K_COMPRESSION_LEVEL, "cache", compression_level, "1", 1, 9, true, NULL,
+                "zlib level: 1 is the fastest, 9 the smallest."),
+        KEY_INT(K_COMPRESSION_THRESHOLD, "cache", compression_threshold, "1024", 0, 1073741824,
+                true, NULL,
+                "Values of at least this many bytes are compressed, and stored so if the result "
+                "is smaller."),
+        KEY_INT(K_COMPRESS_INLINE_MAX, "cache", compress_inline_max, "1048576", 0, 1073741824, true,
+                NULL,
+                "Values larger than this many bytes are stored uncompressed: compressing them "
+                "would stall the event loop."),
+        KEY_INT(K_LEASE_TTL_MS, "cache", lease_ttl_ms, "5000", 10, 600000, true, NULL,
+                "Lease length of get_or_set when the request gives no lease_ms; also the default "
+                "of its wait_ms."),
+        KEY_INT(K_MAX_WAIT_MS, "cache", max_wait_ms, "30000", 10, 600000, true, NULL,
+                "Longest wait_ms a get_or_set may ask for; larger ones are capped."),
+        KEY_INT(K_MAX_TRACKED_NAMESPACES, "cache", max_tracked_namespaces, "256", 1, 100000, false,
+                NULL,
+                "Most namespaces kcached tracks at once (cached generation, per-namespace stats)."),
+        KEY_INT(K_NS_CHECK_MS, "cache", ns_check_ms, "1000", 10, 600000, true, NULL,
+                "How often kcached re-reads a namespace generation it caches from Redis, in case "
+                "a pub/sub notice was missed."),
         KEY_ENUM(K_LOG_LEVEL, "log", "level", log_level, log_level_names, "info", true,
                  "Least severe messages logged: debug, info, warn or error."),
 };
@@ -310,6 +359,12 @@ const char *
 config_read_from_name(int v)
 {
         return enum_name(read_from_names, v);
+}
+
+const char *
+config_compression_name(int v)
+{
+        return enum_name(compression_names, v);
 }
 
 static void __attribute__((format(printf, 3, 4)))

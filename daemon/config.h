@@ -42,6 +42,9 @@ enum log_level { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR };
 /* [redis] read_from: where reads go. */
 enum config_read_from { READ_FROM_REPLICA = 0, READ_FROM_PRIMARY, READ_FROM_ANY };
 
+/* [cache] compression: how values are stored. */
+enum config_compression { COMPRESSION_ZLIB = 0, COMPRESSION_OFF };
+
 struct config {
         /* [server] */
         char *socket;              /* owned */
@@ -82,6 +85,16 @@ struct config {
         char *key_prefix;          /* owned; may be "" */
         int64_t default_ttl;
         int64_t max_ttl;
+        int64_t max_key_bytes;         /* app key length limit */
+        int64_t max_value_bytes;       /* largest value stored or inflated */
+        int compression;               /* enum config_compression */
+        int compression_level;         /* zlib level, 1..9 */
+        int64_t compression_threshold; /* compress values of at least this many bytes */
+        int64_t compress_inline_max;   /* store larger values uncompressed */
+        int lease_ttl_ms;              /* default get_or_set lease */
+        int max_wait_ms;               /* cap of get_or_set wait_ms */
+        int max_tracked_namespaces;
+        int ns_check_ms;               /* re-read period of a cached namespace generation */
         /* [log] */
         int log_level;             /* enum log_level */
 
@@ -127,5 +140,6 @@ void config_write_example(FILE *out);
 
 const char *log_level_name(int level);
 const char *config_read_from_name(int v);
+const char *config_compression_name(int v);
 
 #endif

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "daemon/dispatch.h"
+#include "daemon/lease.h"
 #include "daemon/log.h"
 #include "daemon/server.h"
 #include "daemon/stats.h"
@@ -117,6 +118,7 @@ conn_close(struct conn *c, const char *why)
         c->fd = -1;
         while (c->reqs != NULL)
                 req_abandon(c->reqs);
+        lease_conn_closed(c->id);
         if (c->prev != NULL)
                 c->prev->next = c->next;
         else

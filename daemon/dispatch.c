@@ -72,6 +72,12 @@ req_new(struct conn *c, uint32_t msgid, enum rpc_method m)
         r->aux = 0;
         r->deadline = 0;
         r->is_timeout = false;
+        r->has_schema = false;
+        r->has_ns = false;
+        r->schema_len = 0;
+        r->ns_slot = -1;
+        r->state = NULL;
+        r->state_free = NULL;
         r->prev = NULL;
         r->next = c->reqs;
         if (c->reqs != NULL)
@@ -90,6 +96,10 @@ req_release(struct req *r)
 
         ev_timer_stop(c->srv->loop, &r->timer);
         backend_call_cancel(&r->call);
+        if (r->state_free != NULL)
+                r->state_free(r);
+        r->state_free = NULL;
+        r->state = NULL;
         /* Counted, never expected: completions past the deadline answer TIMEOUT. */
         if (r->deadline != 0 && ev_now(c->srv->loop) > r->deadline + 0.001 && !r->is_timeout)
                 stats.replies_after_deadline++;
@@ -231,6 +241,26 @@ parse_opts(const msgpack_object *map, unsigned allowed, struct opts *o, const ch
                                 *why = msg;
                                 return -1;
                         }
+                        break;
+                case OPT_STRLIST:
+                        if (v->type != MSGPACK_OBJECT_ARRAY) {
+                                snprintf(msg, sizeof(msg), "option '%s' must be an array of strings",
+                                         rpc_options[opt].name);
+                                *why = msg;
+                                return -1;
+                        }
+                        for (uint32_t e = 0; e < v->via.array.size; e++) {
+                                const char *ep;
+                                size_t en;
+                                if (!rpc_obj_bytes(&v->via.array.ptr[e], &ep, &en)) {
+                                        snprintf(msg, sizeof(msg),
+                                                 "option '%s' must be an array of strings",
+                                                 rpc_options[opt].name);
+                                        *why = msg;
+                                        return -1;
+                                }
+                        }
+                        o->list[opt] = v;
                         break;
                 case OPT_BOOL:
                         if (v->type != MSGPACK_OBJECT_BOOLEAN) {

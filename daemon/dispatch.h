@@ -31,6 +31,7 @@ struct opts {
                 size_t n;
         } s[RPC_OPT_COUNT];
         bool b[RPC_OPT_COUNT];
+        const msgpack_object *list[RPC_OPT_COUNT]; /* OPT_STRLIST: an array of str/bin, checked */
 };
 
 struct req {
@@ -44,6 +45,16 @@ struct req {
         struct bcall call;  /* the Redis command in flight, if any */
         int64_t aux;        /* handler state (e.g. number of keys) */
         bool is_timeout;    /* answered TIMEOUT */
+        bool has_schema;    /* the schema option, copied: replies arrive after the zone is gone */
+        uint8_t schema_len;
+        char schema[255];
+        bool has_ns;        /* the ns option, copied */
+        uint8_t ns_len;
+        char ns[255];
+        int ns_slot;        /* cache stats slot of the ns option, -1 for none, -2 for _other */
+        void *state;        /* handler state beyond aux; released by state_free on release */
+        struct req *lnext;  /* lease.c: next waiter of the same key */
+        void (*state_free)(struct req *r);
 };
 
 /* Handles one decoded message from c (obj lives in the server's zone). */

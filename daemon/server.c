@@ -35,6 +35,7 @@
 #include "daemon/cache.h"
 #include "daemon/conn.h"
 #include "daemon/dispatch.h"
+#include "daemon/lease.h"
 #include "daemon/log.h"
 #include "daemon/rconn.h"
 #include "daemon/resolve.h"
@@ -280,7 +281,10 @@ server_init(struct server *srv, struct ev_loop *loop, const struct config *cfg, 
                 msgpack_zone_destroy(&srv->zone);
                 return -1;
         }
-        cache_init(srv);
+        if (cache_init(srv) < 0 || lease_init(srv) < 0) {
+                snprintf(err, errlen, "out of memory");
+                goto fail;
+        }
         if (strlen(cfg->socket) >= sizeof(((struct sockaddr_un *)NULL)->sun_path)) {
                 snprintf(err, errlen, "socket %s: path too long", cfg->socket);
                 goto fail;
@@ -301,6 +305,8 @@ server_init(struct server *srv, struct ev_loop *loop, const struct config *cfg, 
         return 0;
 fail:
         srv->admin = admin_free(srv->admin);
+        lease_deinit();
+        cache_deinit();
         srv->be = backend_free(srv->be);
         msgpack_zone_destroy(&srv->zone);
         return -1;
@@ -337,6 +343,8 @@ server_deinit(struct server *srv)
         ev_timer_stop(srv->loop, &srv->drain_timer);
         ev_timer_stop(srv->loop, &srv->ready_timer);
         srv->admin = admin_free(srv->admin); /* open through the drain, closed at exit */
+        lease_deinit();
+        cache_deinit();
         srv->be = backend_free(srv->be);
         resolve_deinit();
         msgpack_zone_destroy(&srv->zone);

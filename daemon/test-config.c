@@ -34,15 +34,21 @@
  * 20 max_replica_lag_ms, [health] 21 interval_ms, 22 timeout_ms,
  * 23 failure_threshold, 24 recovery_threshold, [sentinel] 25 addresses,
  * 26 master_name, 27 password, [admin] 28 socket, 29 socket_mode,
- * 30 key_prefix, 31 default_ttl, 32 max_ttl, 33 level.
+ * 30 key_prefix, 31 default_ttl, 32 max_ttl, 33 max_key_bytes, 34 max_value_bytes,
+ * 35 compression, 36 compression_level, 37 compression_threshold,
+ * 38 compress_inline_max, 39 lease_ttl_ms, 40 max_wait_ms,
+ * 41 max_tracked_namespaces, 42 ns_check_ms, [log] 43 level.
  */
-#define N_KEYS          34
+#define N_KEYS          44
 #define I_PASSWORD_FILE 10
 #define I_REPLICA_ATT   17
 #define I_INTERVAL      21
 #define I_ADDRESSES     25
 #define I_ADMIN_SOCKET  28
 #define I_KEY_PREFIX    30
+#define I_COMPRESSION   35
+#define I_NS_CHECK      42
+#define I_LEVEL         43
 
 static int n_passed, n_failed;
 static char tmpdir[256];
@@ -114,6 +120,19 @@ load_text(const char *content, struct config *c, char *path, size_t pathlen, cha
         return config_load(c, path, err, errlen);
 }
 
+/* The [cache] keys of the cache semantics (max_key_bytes .. ns_check_ms). */
+static bool
+cache_equal(const struct config *a, const struct config *b)
+{
+        return a->max_key_bytes == b->max_key_bytes && a->max_value_bytes == b->max_value_bytes &&
+               a->compression == b->compression && a->compression_level == b->compression_level &&
+               a->compression_threshold == b->compression_threshold &&
+               a->compress_inline_max == b->compress_inline_max &&
+               a->lease_ttl_ms == b->lease_ttl_ms && a->max_wait_ms == b->max_wait_ms &&
+               a->max_tracked_namespaces == b->max_tracked_namespaces &&
+               a->ns_check_ms == b->ns_check_ms;
+}
+
 static bool
 is_default(const struct config *c)
 {
@@ -146,7 +165,7 @@ is_default(const struct config *c)
                strcmp(c->sentinel_master_name, d.sentinel_master_name) == 0 &&
                strcmp(c->sentinel_password, d.sentinel_password) == 0 &&
                c->n_sentinels == d.n_sentinels && strcmp(c->admin_socket, d.admin_socket) == 0 &&
-               c->admin_socket_mode == d.admin_socket_mode;
+               c->admin_socket_mode == d.admin_socket_mode && cache_equal(c, &d);
         config_deinit(&d);
         return same;
 }
@@ -189,7 +208,7 @@ config_equal(const struct config *a, const struct config *b, bool with_password)
             strcmp(a->sentinel_addresses, b->sentinel_addresses) != 0 ||
             strcmp(a->sentinel_master_name, b->sentinel_master_name) != 0 ||
             strcmp(a->admin_socket, b->admin_socket) != 0 ||
-            a->admin_socket_mode != b->admin_socket_mode)
+            a->admin_socket_mode != b->admin_socket_mode || !cache_equal(a, b))
                 return false;
         if (with_password && (strcmp(a->password, b->password) != 0 ||
                               strcmp(a->sentinel_password, b->sentinel_password) != 0))
@@ -314,6 +333,19 @@ test_defaults(void)
         CHECK(strcmp(c.admin_socket, "/run/kcache/kcached-admin.sock") == 0, "admin socket %s",
               c.admin_socket);
         CHECK(c.admin_socket_mode == 0600, "admin socket_mode %o", c.admin_socket_mode);
+        CHECK(c.max_key_bytes == 1024, "max_key_bytes %lld", (long long)c.max_key_bytes);
+        CHECK(c.max_value_bytes == 16777216, "max_value_bytes %lld", (long long)c.max_value_bytes);
+        CHECK(c.compression == COMPRESSION_ZLIB, "compression %d", c.compression);
+        CHECK(c.compression_level == 1, "compression_level %d", c.compression_level);
+        CHECK(c.compression_threshold == 1024, "compression_threshold %lld",
+              (long long)c.compression_threshold);
+        CHECK(c.compress_inline_max == 1048576, "compress_inline_max %lld",
+              (long long)c.compress_inline_max);
+        CHECK(c.lease_ttl_ms == 5000 && c.max_wait_ms == 30000, "lease_ttl_ms %d max_wait_ms %d",
+              c.lease_ttl_ms, c.max_wait_ms);
+        CHECK(c.max_tracked_namespaces == 256, "max_tracked_namespaces %d",
+              c.max_tracked_namespaces);
+        CHECK(c.ns_check_ms == 1000, "ns_check_ms %d", c.ns_check_ms);
         CHECK(c.path == NULL, "path");
         for (int i = 0; i < 64; i++)
                 CHECK(c.sources[i] == CONFIG_SRC_DEFAULT, "sources[%d]", i);
@@ -338,6 +370,11 @@ test_defaults(void)
                       strcmp(config_read_from_name(3), "unknown") == 0 &&
                       strcmp(config_read_from_name(-1), "unknown") == 0,
               "config_read_from_name");
+        CHECK(strcmp(config_compression_name(COMPRESSION_ZLIB), "zlib") == 0 &&
+                      strcmp(config_compression_name(COMPRESSION_OFF), "off") == 0 &&
+                      strcmp(config_compression_name(2), "unknown") == 0 &&
+                      strcmp(config_compression_name(-1), "unknown") == 0,
+              "config_compression_name");
 }
 
 static const char full_file[] =
@@ -381,8 +418,18 @@ static const char full_file[] =
         "key_prefix = app:v2:\n"                                         /* 38 */
         "default_ttl = 60\n"                                             /* 39 */
         "max_ttl = 2147483647\n"                                         /* 40 */
-        "[log]\n"                                                        /* 41 */
-        "level = debug\n";                                               /* 42 */
+        "max_key_bytes = 65536\n"                                        /* 41 */
+        "max_value_bytes = 1073741824\n"                                 /* 42 */
+        "compression = off\n"                                            /* 43 */
+        "compression_level = 9\n"                                        /* 44 */
+        "compression_threshold = 0\n"                                    /* 45 */
+        "compress_inline_max = 1073741824\n"                             /* 46 */
+        "lease_ttl_ms = 10\n"                                            /* 47 */
+        "max_wait_ms = 600000\n"                                         /* 48 */
+        "max_tracked_namespaces = 100000\n"                              /* 49 */
+        "ns_check_ms = 10\n"                                             /* 50 */
+        "[log]\n"                                                        /* 51 */
+        "level = debug\n";                                               /* 52 */
 
 static void
 test_full_file(void)
@@ -438,6 +485,13 @@ test_full_file(void)
         CHECK(strcmp(c.admin_socket, "/tmp/kc admin.sock") == 0 && c.admin_socket_mode == 0660,
               "admin");
         CHECK(c.socket_mode == 0600, "[server] socket_mode is not [admin]'s");
+        CHECK(c.max_key_bytes == 65536 && c.max_value_bytes == 1073741824, "cache sizes");
+        CHECK(c.compression == COMPRESSION_OFF && c.compression_level == 9 &&
+                      c.compression_threshold == 0 && c.compress_inline_max == 1073741824,
+              "compression keys");
+        CHECK(c.lease_ttl_ms == 10 && c.max_wait_ms == 600000 &&
+                      c.max_tracked_namespaces == 100000 && c.ns_check_ms == 10,
+              "lease and namespace keys");
         CHECK(c.path != NULL && strcmp(c.path, path) == 0, "path");
         for (int i = 0; i < N_KEYS; i++) {
                 /* password_file and [sentinel] addresses are the keys the file leaves alone. */
@@ -449,6 +503,9 @@ test_full_file(void)
         CHECK(c.lines[I_REPLICA_ATT] == 21 && c.lines[I_INTERVAL] == 27 &&
                       c.lines[I_ADMIN_SOCKET] == 35 && c.lines[I_KEY_PREFIX] == 38,
               "lines of the new keys");
+        CHECK(c.lines[I_COMPRESSION] == 43 && c.lines[I_NS_CHECK] == 50 && c.lines[I_LEVEL] == 52,
+              "lines of the [cache] keys: %d %d %d", c.lines[I_COMPRESSION], c.lines[I_NS_CHECK],
+              c.lines[I_LEVEL]);
 #endif
         config_deinit(&c);
 }
@@ -822,6 +879,123 @@ test_backend_values(void)
         EXPECT_ERROR("[sentinel]\naddresses = ::1:26379\n", 2,
                      "[sentinel] addresses: '::1:26379': an IPv6 address needs brackets: "
                      "[v6]:port");
+}
+
+/* The [cache] keys of the cache semantics: every range end, one past each, the compression names.
+ */
+static void
+test_cache_values(void)
+{
+        static const struct {
+                const char *key;
+                long long lo, hi;
+        } ranges[] = {
+                {"max_key_bytes", 1, 65536},
+                {"max_value_bytes", 1, 1073741824},
+                {"compression_level", 1, 9},
+                {"compression_threshold", 0, 1073741824},
+                {"compress_inline_max", 0, 1073741824},
+                {"lease_ttl_ms", 10, 600000},
+                {"max_wait_ms", 10, 600000},
+                {"max_tracked_namespaces", 1, 100000},
+                {"ns_check_ms", 10, 600000},
+        };
+        struct config c;
+        char path[PATH_BUF], ini[MSG_BUF], why[MSG_BUF];
+
+        for (size_t i = 0; i < sizeof(ranges) / sizeof(ranges[0]); i++) {
+                const char *key = ranges[i].key;
+                long long bad[] = {ranges[i].lo - 1, ranges[i].hi + 1};
+                long long good[] = {ranges[i].lo, ranges[i].hi};
+                for (int j = 0; j < 2; j++) {
+                        snprintf(ini, sizeof(ini), "[cache]\n%s = %lld\n", key, bad[j]);
+                        snprintf(why, sizeof(why), "[cache] %s: %lld is out of range %lld..%lld",
+                                 key, bad[j], ranges[i].lo, ranges[i].hi);
+                        EXPECT_ERROR(ini, 2, why);
+                        snprintf(ini, sizeof(ini), "[cache]\n%s = %lld\n", key, good[j]);
+                        if (LOAD_OK(ini, &c, path)) {
+                                char *dump = NULL;
+                                size_t len = 0;
+                                FILE *f = open_memstream(&dump, &len);
+                                if (f == NULL)
+                                        exit(2);
+                                config_dump(&c, f);
+                                if (fclose(f) != 0 || dump == NULL)
+                                        exit(2);
+                                snprintf(why, sizeof(why), "\n%s = %lld ; %s:2\n", key, good[j],
+                                         path);
+                                CHECK(strstr(dump, why) != NULL, "%s = %lld not in the dump:\n%s",
+                                      key, good[j], dump);
+                                free(dump);
+                                config_deinit(&c);
+                        }
+                }
+                snprintf(ini, sizeof(ini), "[cache]\n%s = 1k\n", key);
+                snprintf(why, sizeof(why), "[cache] %s: '1k' is not a decimal integer", key);
+                EXPECT_ERROR(ini, 2, why);
+                snprintf(ini, sizeof(ini), "[server]\n%s = 100\n", key);
+                snprintf(why, sizeof(why), "[server] %s: unknown key", key);
+                EXPECT_ERROR(ini, 2, why);
+        }
+        /* The fields each range lands in, at both ends (int64_t fields at their tops). */
+        if (LOAD_OK("[cache]\nmax_key_bytes = 65536\nmax_value_bytes = 1\n"
+                    "compression_threshold = 1073741824\ncompress_inline_max = 0\n"
+                    "lease_ttl_ms = 600000\nmax_wait_ms = 10\nmax_tracked_namespaces = 1\n"
+                    "ns_check_ms = 600000\ncompression_level = 9\n",
+                    &c, path)) {
+                CHECK(c.max_key_bytes == 65536 && c.max_value_bytes == 1 &&
+                              c.compression_threshold == 1073741824 && c.compress_inline_max == 0,
+                      "[cache] sizes");
+                CHECK(c.lease_ttl_ms == 600000 && c.max_wait_ms == 10 &&
+                              c.max_tracked_namespaces == 1 && c.ns_check_ms == 600000 &&
+                              c.compression_level == 9,
+                      "[cache] ints");
+                CHECK(c.compression == COMPRESSION_ZLIB, "compression untouched");
+                config_deinit(&c);
+        }
+        /* No cross-key checks: a value may be larger than a request, the threshold above the
+         * inline limit (nothing is compressed then), the lease longer than the wait cap. */
+        if (LOAD_OK("[server]\nmax_request_bytes = 1024\n[cache]\nmax_value_bytes = 1073741824\n"
+                    "compression_threshold = 1000\ncompress_inline_max = 10\n"
+                    "lease_ttl_ms = 600000\nmax_wait_ms = 10\n",
+                    &c, path)) {
+                CHECK(c.max_request_bytes == 1024 && c.max_value_bytes == 1073741824 &&
+                              c.compression_threshold == 1000 && c.compress_inline_max == 10 &&
+                              c.lease_ttl_ms == 600000 && c.max_wait_ms == 10,
+                      "no [cache] cross-key checks");
+                config_deinit(&c);
+        }
+
+        /* compression: exactly zlib or off. */
+        static const struct {
+                const char *name;
+                int value;
+        } modes[] = {
+                {"off", COMPRESSION_OFF},
+                {"zlib", COMPRESSION_ZLIB},
+        };
+        for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+                snprintf(ini, sizeof(ini), "[cache]\ncompression = %s ; comment\n", modes[i].name);
+                if (LOAD_OK(ini, &c, path)) {
+                        CHECK(c.compression == modes[i].value, "compression = %s", modes[i].name);
+                        CHECK(strcmp(config_compression_name(c.compression), modes[i].name) == 0,
+                              "config_compression_name(%d)", c.compression);
+                        config_deinit(&c);
+                }
+        }
+        EXPECT_ERROR("[cache]\ncompression = gzip\n", 2,
+                     "[cache] compression: 'gzip' is not one of zlib, off");
+        EXPECT_ERROR("[cache]\ncompression = ZLIB\n", 2,
+                     "[cache] compression: 'ZLIB' is not one of zlib, off");
+        EXPECT_ERROR("[cache]\ncompression = none\n", 2,
+                     "[cache] compression: 'none' is not one of zlib, off");
+        EXPECT_ERROR("[cache]\ncompression = 0\n", 2,
+                     "[cache] compression: '0' is not one of zlib, off");
+        EXPECT_ERROR("[cache]\n\ncompression =\n", 3,
+                     "[cache] compression: '' is not one of zlib, off");
+        EXPECT_ERROR("[redis]\ncompression = off\n", 2, "[redis] compression: unknown key");
+        EXPECT_ERROR("[cache]\ncompression = off\ncompression = zlib\n", 3,
+                     "[cache] compression: duplicate key (first set at line 2)");
 }
 
 /* Checks that need two keys, at the FILE:LINE (or env variable) the reader should look at. */
@@ -1312,7 +1486,14 @@ test_dump(void)
         CHECK(strstr(text, "\n[health]\ninterval_ms = 60000 ; ") != NULL, "[health] section");
         CHECK(strstr(text, "\nreplica_attempt_timeout_ms = 2500 ; ") != NULL,
               "replica_attempt_timeout_ms");
+        CHECK(strstr(text, "\ncompression = off ; ") != NULL, "compression name in the dump");
+        CHECK(strstr(text, "\nmax_value_bytes = 1073741824 ; ") != NULL &&
+                      strstr(text, "\ncompression_threshold = 0 ; ") != NULL &&
+                      strstr(text, "\nns_check_ms = 10 ; ") != NULL,
+              "[cache] values in the dump");
 #ifdef CONFIG_HAVE_ORIGINS
+        snprintf(want, sizeof(want), "\ncompression = off ; %s:43\n", path);
+        CHECK(strstr(text, want) != NULL, "compression FILE:LINE in the dump");
         snprintf(want, sizeof(want), "\npassword = *** ; %s:33\n", path);
         CHECK(strstr(text, want) != NULL, "[sentinel] password as ***:\n%s", text);
         snprintf(want, sizeof(want), "\n[admin]\nsocket = /tmp/kc admin.sock ; %s:35\n", path);
@@ -1587,6 +1768,7 @@ main(int argc, char **argv)
         test_syntax_errors();
         test_value_errors();
         test_backend_values();
+        test_cache_values();
         test_backend_cross_keys();
         test_parse_addr();
         test_comments_and_forms();

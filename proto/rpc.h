@@ -44,7 +44,7 @@ enum {
 #undef KC_OPTION
 };
 
-enum rpc_option_type { OPT_INT, OPT_STR, OPT_BOOL };
+enum rpc_option_type { OPT_INT, OPT_STR, OPT_BOOL, OPT_STRLIST };
 
 enum rpc_method {
 #define KC_METHOD(name, n_args, flags, opts, params, result) RPC_M_##name,
