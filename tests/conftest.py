@@ -1111,3 +1111,23 @@ class ReadLoad:
                 if late:
                     self._send(c, now)
         sel.close()
+
+
+# --------------------------------------------------------------------------
+# Stored values: kcached writes an envelope (proto/PROTOCOL.md). Tests that
+# look at Redis directly unwrap it with this independent decoder.
+# --------------------------------------------------------------------------
+
+def stored_payload(raw):
+    """The value inside a kcached envelope (raw bytes as they are otherwise);
+    None stays None. Checks the crc like kcached does."""
+    import struct, zlib
+    if raw is None or len(raw) < 2 or raw[0] != 0xC1 or raw[1] != ord("K"):
+        return raw
+    flags, slen = raw[3], raw[4]
+    off = 5 + slen
+    length, crc = struct.unpack(">II", raw[off:off + 8])
+    body = raw[off + 8:]
+    data = zlib.decompress(body) if flags & 1 else body
+    assert len(data) == length and zlib.crc32(data) == crc, "bad envelope"
+    return data

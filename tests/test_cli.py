@@ -4,7 +4,7 @@
 import os
 import subprocess
 
-from conftest import KCACHE_CLI, T, child_env
+from conftest import stored_payload, KCACHE_CLI, T, child_env
 
 
 def run(*args, input=None, timeout=10):
@@ -21,7 +21,7 @@ def test_version():
 def test_set_get(kcd, redis):
     p = run("-s", kcd.sock, "set", "k", "v")
     assert p.returncode == 0, p.stderr
-    assert redis.cmd("GET", b"kc:k") == b"v"
+    assert stored_payload(redis.cmd("GET", b"kc:k")) == b"v"
     p = run("-s", kcd.sock, "get", "k")
     assert p.returncode == 0, p.stderr
     # stdout is the raw value, nothing added.

@@ -6,7 +6,7 @@ import re
 import stat
 import subprocess
 
-from conftest import KCACHED, T, assert_healthy, kcached_env, free_port, render_ini
+from conftest import stored_payload, KCACHED, T, assert_healthy, kcached_env, free_port, render_ini
 
 
 def run_kcached(*args, env=None, timeout=10):
@@ -143,7 +143,7 @@ def test_env_override_used_at_run_time(harness, redis):
     k = harness.kcached(redis_port=dead, env={"REDIS_PORT": redis.port})
     c = k.client()
     assert c.call("set", "envk", b"v") == (None, True)
-    assert redis.cmd("GET", b"kc:envk") == b"v"
+    assert stored_payload(redis.cmd("GET", b"kc:envk")) == b"v"
 
 
 def test_socket_mode(harness, redis):
@@ -185,7 +185,7 @@ def test_redis_password(harness):
     k = harness.kcached(r, ini={"redis": {"password": "s3cret-pw"}})
     c = k.client()
     assert c.call("set", "pw", b"v") == (None, True)
-    assert r.cmd("GET", b"kc:pw") == b"v"
+    assert stored_payload(r.cmd("GET", b"kc:pw")) == b"v"
     assert "s3cret-pw" not in k.log_text()
 
 
@@ -194,14 +194,14 @@ def test_redis_password_file(harness):
     pw = write(harness, "pw.txt", "file-pw\n")
     k = harness.kcached(r, ini={"redis": {"password_file": pw}})
     assert k.client().call("set", "pwf", b"v") == (None, True)
-    assert r.cmd("GET", b"kc:pwf") == b"v"
+    assert stored_payload(r.cmd("GET", b"kc:pwf")) == b"v"
 
 
 def test_redis_password_from_env(harness):
     r = harness.redis(password="env-pw")
     k = harness.kcached(r, env={"REDIS_PASSWORD": "env-pw"})
     assert k.client().call("set", "pwe", b"v") == (None, True)
-    assert r.cmd("GET", b"kc:pwe") == b"v"
+    assert stored_payload(r.cmd("GET", b"kc:pwe")) == b"v"
 
 
 def test_redis_db(harness, redis):
@@ -210,7 +210,7 @@ def test_redis_db(harness, redis):
     with redis.client() as r:
         assert r.cmd("EXISTS", b"kc:indb") == 0
         r.cmd("SELECT", 3)
-        assert r.cmd("GET", b"kc:indb") == b"v"
+        assert stored_payload(r.cmd("GET", b"kc:indb")) == b"v"
 
 
 def test_redis_unix_socket(harness):
@@ -218,7 +218,7 @@ def test_redis_unix_socket(harness):
     path = os.path.join(os.path.dirname(r.log_path), "redis.sock")
     k = harness.kcached(r, ini={"redis": {"primary": f"unix:{path}"}})
     assert k.client().call("set", "ux", b"v") == (None, True)
-    assert r.cmd("GET", b"kc:ux") == b"v"
+    assert stored_payload(r.cmd("GET", b"kc:ux")) == b"v"
 
 
 def test_replicas_from_env(harness, redis, replica):

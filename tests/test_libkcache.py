@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import LIBKCACHE, T, assert_healthy, wait_until
+from conftest import stored_payload, LIBKCACHE, T, assert_healthy, wait_until
 
 
 # An ASan-built library is loaded with the ASan runtime preloaded: see
@@ -226,7 +226,7 @@ def test_get_set(kc, redis):
     v = b"\x00binary\xffvalue\x00"
     assert kc.set(b"lk", v) == KCACHE_OK
     assert kc.get(b"lk") == (KCACHE_OK, v)
-    assert redis.cmd("GET", b"kc:lk") == v
+    assert stored_payload(redis.cmd("GET", b"kc:lk")) == v
     assert 3590 <= redis.cmd("TTL", b"kc:lk") <= 3600  # ttl_s 0: default_ttl
     assert kc.set(b"lk2", b"", 120) == KCACHE_OK
     assert kc.get(b"lk2") == (KCACHE_OK, b"")

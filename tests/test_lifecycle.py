@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import (RpcClient, T, assert_healthy, err_code, free_port, pack, wait_until)
+from conftest import (stored_payload, RpcClient, T, assert_healthy, err_code, free_port, pack, wait_until)
 
 
 def connect_fails(path):
@@ -207,8 +207,8 @@ def test_with_replica(harness, redis, replica):
     k = harness.kcached(redis, ini={"redis": {"replicas": f"127.0.0.1:{replica.port}"}})
     c = k.client()
     c.ok("set", "r", b"replicated")
-    assert redis.cmd("GET", b"kc:r") == b"replicated"
-    wait_until(lambda: replica.cmd("GET", b"kc:r") == b"replicated", 5, "replication")
+    assert stored_payload(redis.cmd("GET", b"kc:r")) == b"replicated"
+    wait_until(lambda: stored_payload(replica.cmd("GET", b"kc:r")) == b"replicated", 5, "replication")
     # Reads may go to the replica; once replicated they see the value.
     wait_until(lambda: c.call("get", "r") == (None, b"replicated"), 5, "get")
     assert c.call("mget", ["r", "nope"]) == (None, [b"replicated", None])
