@@ -105,6 +105,7 @@ struct backend {
         int n_replicas;
         unsigned rr;
         uint64_t next_node_id;
+        bool policy_checked;
         void (*ready)(void *priv); /* first attempt finished; cleared once called */
         void *ready_priv;
         char *handshake; /* RESP: AUTH, SELECT, PING; owned */
@@ -285,6 +286,42 @@ node_schedule_retry(struct node *n)
 
 static void role_check(struct pconn *pc);
 
+/*
+ * kcached keeps its own metadata (generations, leases, tags, epochs) without
+ * a TTL and gives every data key one, so it needs a policy that evicts only
+ * keys with a TTL (volatile-*) or none at all (noeviction). allkeys-* may
+ * evict metadata: generations still never repeat and fills are refused, but
+ * tags and leases can be lost. Said once, at the first connection.
+ */
+static void
+policy_on_reply(void *priv, uint32_t gen, redisReply *reply, int err)
+{
+        struct node *n = priv;
+        const char *p;
+
+        if (err != 0 || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+            reply->element[1]->type != REDIS_REPLY_STRING) {
+                log_info("backend", "policy_unknown",
+                         "backend: %s: cannot read maxmemory-policy (CONFIG GET refused?); kcached "
+                         "needs noeviction or a volatile-* policy",
+                         n->label);
+                return;
+        }
+        p = reply->element[1]->str;
+        if (strcmp(p, "noeviction") == 0 || strncmp(p, "volatile-", 9) == 0)
+                return;
+        log_warn("backend", "policy", "backend: %s: maxmemory-policy is %s; kcached needs noeviction "
+                 "or a volatile-* policy (its metadata keys have no TTL)", n->label, p);
+}
+
+static void
+policy_check(struct pconn *pc)
+{
+        static const char cmd[] = "*3\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n$16\r\nmaxmemory-policy\r\n";
+
+        (void)rconn_send(&pc->rc, cmd, sizeof(cmd) - 1, 1, policy_on_reply, pc->node, 0);
+}
+
 static void
 pconn_on_state(struct rconn *rc, enum rconn_event ev, const char *why)
 {
@@ -297,6 +334,10 @@ pconn_on_state(struct rconn *rc, enum rconn_event ev, const char *why)
                         log_debug("backend", "conn_up", "backend: %s: connected", n->label);
                 if (!n->role_ok)
                         role_check(pc);
+                if (n->role == ROLE_PRIMARY && !n->be->policy_checked) {
+                        n->be->policy_checked = true;
+                        policy_check(pc);
+                }
                 node_success(n); /* the handshake's PING answered */
                 if (n->role == ROLE_PRIMARY)
                         backend_report_ready(n->be);
