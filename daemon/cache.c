@@ -1612,3 +1612,57 @@ handler_invalidate(struct req *r, const msgpack_object *args, const struct opts 
         req_fail(r, RPC_ERR_BAD_REQUEST, "invalidate: unknown selector '%.*s'",
                  nlen > 32 ? 32 : (int)nlen, name);
 }
+
+/* --- admin helpers --------------------------------------------------------------------- */
+
+void
+cache_reset_counters(void)
+{
+        memset(&cache_tot, 0, sizeof(cache_tot));
+        memset(&cache_other, 0, sizeof(cache_other));
+        for (size_t i = 0; i < cache_ns_cap; i++)
+                memset(&cache_ns[i].c, 0, sizeof(cache_ns[i].c));
+}
+
+int
+cache_flush_result(const redisReply *reply, int err, int64_t *gen, const char **why)
+{
+        if (err != 0) {
+                *why = "connection to Redis lost";
+                return -1;
+        }
+        if (reply->type != REDIS_REPLY_STRING) {
+                *why = reply->type == REDIS_REPLY_ERROR ? "Redis answered an error" : "unexpected reply";
+                return -1;
+        }
+        cache_tot.invalidations++;
+        *gen = strtoll(reply->str, NULL, 10);
+        return 0;
+}
+
+int
+cache_flush_ns(const char *ns, size_t n, struct bcall *call, rconn_reply_fn fn, void *priv,
+               const char **why)
+{
+        struct req fake;
+        int rc;
+
+        if (n == 0 || n > 255 || memchr(ns, '\0', n) != NULL) {
+                *why = "a namespace is 1 to 255 bytes without NUL";
+                return -1;
+        }
+        memset(&fake, 0, sizeof(fake));
+        fake.has_ns = true;
+        fake.ns_len = (uint8_t)n;
+        memcpy(fake.ns, ns, n);
+        cache_eval_start(&fake, SCRIPT_BUMP, 0);
+        rc = backend_call(cache_srv->be, call, BACKEND_WRITE, (const char *)buf_head(&cache_cmd),
+                          buf_size(&cache_cmd), 1,
+                          ev_now(cache_srv->loop) + cfg()->command_timeout_ms / 1000.0, NULL, fn,
+                          priv, 0);
+        if (rc != 0) {
+                *why = rc == BACKEND_E_UNAVAILABLE ? "no Redis node is reachable" : "out of memory";
+                return -1;
+        }
+        return 0;
+}

@@ -56,6 +56,20 @@ struct cache_counters *cache_totals(void);
 
 /* The cache counters as JSON (admin `stats`). */
 void cache_write_json(struct json *j);
+/* Zeroes every cache counter (admin `reset-stats`). */
+void cache_reset_counters(void);
+
+/*
+ * Namespace invalidation outside an RPC request (admin `flush NS`): bumps the
+ * generation. call is owned by the caller and must stay valid until fn(priv,
+ * gen, reply, err) runs (exactly once, unless backend_call_cancel(call) comes
+ * first); interpret its arguments with cache_flush_result(). Returns 0, or -1
+ * when nothing was sent (fn is not called; *why says why, static string).
+ */
+int cache_flush_ns(const char *ns, size_t n, struct bcall *call, rconn_reply_fn fn, void *priv,
+                   const char **why);
+/* 0 with *gen, or -1 with *why (static string). */
+int cache_flush_result(const redisReply *reply, int err, int64_t *gen, const char **why);
 
 /* --- helpers shared with lease.c ------------------------------------------- */
 
