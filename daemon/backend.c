@@ -93,6 +93,7 @@ struct node {
         uint64_t requests, replies, errors, timeouts, probes, probe_failures, state_changes;
         uint64_t err_class[EC_COUNT];
         uint64_t max_inflight;
+        ev_tstamp last_reply; /* when this node last answered anything */
         double lat_ewma_us;
         uint64_t lat_hist[LAT_BUCKETS];
 };
@@ -185,6 +186,8 @@ static bool
 node_in_rotation(const struct node *n)
 {
         if (!node_usable(n))
+                return false;
+        if (node_inflight(n) >= (size_t)n->be->cfg->max_inflight_per_node)
                 return false;
         return n->role == ROLE_PRIMARY || !n->has_lag ||
                n->lag_ms <= n->be->cfg->max_replica_lag_ms;
@@ -338,7 +341,10 @@ pconn_on_state(struct rconn *rc, enum rconn_event ev, const char *why)
                         n->be->policy_checked = true;
                         policy_check(pc);
                 }
-                node_success(n); /* the handshake's PING answered */
+                /* The handshake's PING counts as a success at start; a node that was
+                 * marked down must pass recovery_threshold probes instead. */
+                if (n->n_ok_needed <= 1)
+                        node_success(n);
                 if (n->role == ROLE_PRIMARY)
                         backend_report_ready(n->be);
                 return;
@@ -511,6 +517,8 @@ probe_on_reply(void *priv, uint32_t gen, redisReply *reply, int err)
         if (gen != n->probe_gen || !n->probe_inflight)
                 return;
         n->probe_inflight = false;
+        if (err == 0)
+                n->last_reply = ev_now(be->loop);
         ev_timer_stop(be->loop, &n->probe_deadline);
         if (err != 0) {
                 n->probe_failures++;
@@ -1079,10 +1087,20 @@ bcall_attempt(struct bcall *c, struct node *n, const char *cmd, size_t len)
         size_t inflight = node_inflight(n);
 
         if (inflight >= (size_t)be->cfg->max_inflight_per_node) {
-                char why[100];
-                snprintf(why, sizeof(why), "%zu commands in flight (max_inflight_per_node)",
-                         inflight);
-                node_set_healthy(n, false, why);
+                /* Busy but answering: skip it for now. Silent for an attempt's
+                 * length with the queue full: frozen, so tear it down before the
+                 * queue behind it grows (marking a merely busy node down would
+                 * push its load onto the others and cascade). */
+                int ms = be->cfg->replica_attempt_timeout_ms;
+                if (ms == 0)
+                        ms = be->cfg->command_timeout_ms / 3;
+                if (ev_now(be->loop) - n->last_reply > ms / 1000.0) {
+                        char why[100];
+                        snprintf(why, sizeof(why),
+                                 "%zu commands in flight (max_inflight_per_node) and no answer",
+                                 inflight);
+                        node_set_healthy(n, false, why);
+                }
                 return -EAGAIN;
         }
         pc = NULL;
@@ -1179,6 +1197,7 @@ bcall_on_reply(void *priv, uint32_t gen, redisReply *reply, int err)
         }
         ev_timer_stop(c->be->loop, &c->attempt_timer);
         node_latency(n, ev_now(c->be->loop) - c->sent_at);
+        n->last_reply = ev_now(c->be->loop);
         if (err != 0) {
                 node_failure(n, EC_CONN, "connection lost with commands in flight");
                 if (bcall_can_retry(c) && bcall_retry(c))

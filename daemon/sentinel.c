@@ -199,7 +199,7 @@ static void
 q_on_state(struct rconn *rc, enum rconn_event ev, const char *why)
 {
         struct sentinel *sn = rc->owner;
-        const char *name = sn->cfg->sentinel_master_name;
+        const char *name = sn->cfg->sentinel_master_name != NULL ? sn->cfg->sentinel_master_name : "";
         char cmd[512];
         int len;
 

@@ -934,11 +934,14 @@ class Topology:
             for key, v in keys.items():
                 err, res = c.call("set", key, v)
                 assert (err, res) == (None, True), f"preset set {key}: {err!r}"
+        # Compare with the primary's bytes: kcached may store an envelope.
         pfx = k.sections.get("cache", {}).get("key_prefix", "kc:")
         last = (pfx + list(keys)[-1]).encode()
+        stored = self.primary.cmd("GET", last)
+        assert stored is not None, f"{last!r} not on the primary"
         for r in self.replicas:
             if r.alive():
-                wait_until(lambda r=r: r.cmd("GET", last) == keys[list(keys)[-1]], 10,
+                wait_until(lambda r=r: r.cmd("GET", last) == stored, 10,
                            f"{r.name} to replicate the preset keys")
         return keys
 
@@ -1131,3 +1134,113 @@ def stored_payload(raw):
     data = zlib.decompress(body) if flags & 1 else body
     assert len(data) == length and zlib.crc32(data) == crc, "bad envelope"
     return data
+
+
+# --------------------------------------------------------------------------
+# Cache semantics (test_cache.py, test_leases.py, test_invalidate.py): raw
+# envelopes, Redis key names, kcached's cache counters, and many requests in
+# flight over many connections.
+# --------------------------------------------------------------------------
+
+def make_envelope(payload, schema=b"", flags=0, version=1, length=None, crc=None, body=None):
+    """A stored value as kcached writes it (see daemon/envelope.h), with every
+    field overridable to craft broken ones: length/crc default to payload's,
+    body (the bytes after the header) defaults to payload."""
+    import zlib
+    if length is None:
+        length = len(payload)
+    if crc is None:
+        crc = zlib.crc32(payload)
+    return (bytes([0xC1, ord("K"), version, flags, len(schema)]) + schema
+            + struct.pack(">II", length, crc) + (payload if body is None else body))
+
+
+def meta_base(prefix):
+    """M: "kcache" NUL key_prefix NUL, the base of kcached's metadata keys."""
+    p = prefix.encode() if isinstance(prefix, str) else prefix
+    return b"kcache\0" + p + b"\0"
+
+
+def gen_key(prefix, ns):
+    """The Redis key holding namespace ns's generation."""
+    n = ns.encode() if isinstance(ns, str) else ns
+    return meta_base(prefix) + b"gen\0" + n
+
+
+def data_key(prefix, key, ns=None, gen=None):
+    """The Redis key of an app key: prefix + key, or prefix NUL ns NUL gen NUL key."""
+    p = prefix.encode() if isinstance(prefix, str) else prefix
+    k = key.encode() if isinstance(key, str) else key
+    if ns is None:
+        return p + k
+    n = ns.encode() if isinstance(ns, str) else ns
+    g = gen if isinstance(gen, bytes) else str(gen).encode()
+    return p + b"\0" + n + b"\0" + g + b"\0" + k
+
+
+def cache_stats(c):
+    """The RPC `stats` answer of an RpcClient (totals, namespaces)."""
+    err, res = c.call("stats")
+    assert err is None, f"stats failed: {err!r}"
+    return res
+
+
+class Inflight:
+    """Requests in flight over several RpcClients at once: send() them,
+    pump() to read whatever arrived on any connection, and look at what has
+    been answered so far without blocking on any one request."""
+
+    def __init__(self):
+        self.reqs = []     # (client, msgid, tag)
+        self.results = {}  # (id(client), msgid) -> (error, result)
+
+    def send(self, client, method, *params, tag=None):
+        msgid = client.request(method, params)
+        self.reqs.append((client, msgid, tag))
+        return msgid
+
+    def pump(self, timeout=0.0):
+        """Reads what arrives within timeout seconds (unscaled; 0: only what is there)."""
+        clients = {c.sock.fileno(): c for c, _, _ in self.reqs if not c.eof
+                   and c.sock.fileno() >= 0}
+        if clients:
+            r, _, _ = select.select(list(clients), [], [], max(0.0, timeout))
+            for fd in r:
+                c = clients[fd]
+                try:
+                    data = c.sock.recv(1 << 20)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    c.eof = True
+                    continue
+                c.unpacker.feed(data)
+                for obj in c.unpacker:
+                    c._file(obj)
+        for c, msgid, _ in self.reqs:
+            if msgid in c.stash and (id(c), msgid) not in self.results:
+                self.results[(id(c), msgid)] = tuple(c.stash.pop(msgid))
+        return self
+
+    def answered(self):
+        """[(client, msgid, tag, error, result)] of the requests answered so far."""
+        return [(c, m, t) + self.results[(id(c), m)] for c, m, t in self.reqs
+                if (id(c), m) in self.results]
+
+    def pending(self):
+        return [(c, m, t) for c, m, t in self.reqs if (id(c), m) not in self.results]
+
+    def wait_answered(self, n, timeout=5.0, what=None):
+        """Polls until at least n requests are answered; returns answered()."""
+        wait_until(lambda: len(self.pump(0.01).answered()) >= n, timeout,
+                   what or f"{n} answers of {len(self.reqs)} requests")
+        return self.answered()
+
+    def wait_all(self, timeout=5.0):
+        return self.wait_answered(len(self.reqs), timeout)
+
+
+__all__ += ["make_envelope", "meta_base", "gen_key", "data_key", "cache_stats", "Inflight",
+            "stored_payload"]
