@@ -87,7 +87,11 @@ struct kcache {
 };
 
 struct kc_call {
-        enum rpc_method method;
+        enum rpc_method method;   /* unless raw_name is set */
+        const char *raw_name;     /* kcache_call_raw(): the caller's method name */
+        bool is_raw_read;         /* kcache_call_raw(): a method known as idempotent */
+        int timeout_ms;           /* > 0: this call's deadline instead of the handle's */
+        bool is_close_on_timeout; /* do not keep the connection for a late reply */
         int64_t deadline_ns;
         uint32_t msgid;
         size_t sent;         /* bytes of out already sent */
@@ -99,6 +103,18 @@ struct kc_call {
 };
 
 /* --- small helpers ------------------------------------------------------ */
+
+static const char *
+kc_call_name(const struct kc_call *c)
+{
+        return c->raw_name != NULL ? c->raw_name : rpc_methods[c->method].name;
+}
+
+static int
+kc_call_timeout_ms(const struct kcache *kc, const struct kc_call *c)
+{
+        return c->timeout_ms > 0 ? c->timeout_ms : kc->timeout_ms;
+}
 
 __attribute__((format(printf, 2, 3))) static void
 kc_seterr(struct kcache *kc, const char *fmt, ...)
@@ -178,7 +194,7 @@ kc_connect_fail(struct kcache *kc, int fd, int e)
 }
 
 static int
-kc_connect(struct kcache *kc, int64_t deadline_ns)
+kc_connect(struct kcache *kc, int64_t deadline_ns, int timeout_ms)
 {
         struct sockaddr_un sa = {.sun_family = AF_UNIX};
         char tmp[128];
@@ -236,7 +252,7 @@ kc_connect(struct kcache *kc, int64_t deadline_ns)
 
 timeout:
         close(fd);
-        kc_seterr(kc, "connect to %s: timed out after %d ms", kc->socket_path, kc->timeout_ms);
+        kc_seterr(kc, "connect to %s: timed out after %d ms", kc->socket_path, timeout_ms);
         return KCACHE_E_TIMEOUT;
 }
 
@@ -349,7 +365,7 @@ kc_build_request(struct kcache *kc, struct kc_call *c)
 
         buf_clear(&kc->out);
         msgpack_packer_init(&pk, &kc->out, buf_msgpack_write);
-        if (rpc_pack_request_head(&pk, c->msgid, rpc_methods[c->method].name) != 0 ||
+        if (rpc_pack_request_head(&pk, c->msgid, kc_call_name(c)) != 0 ||
             buf_append(&kc->out, buf_head(&kc->params), buf_size(&kc->params)) < 0) {
                 kc_seterr(kc, "out of memory encoding the request");
                 return KCACHE_E_NOMEM;
@@ -360,7 +376,12 @@ kc_build_request(struct kcache *kc, struct kc_call *c)
 static int
 kc_timeout(struct kcache *kc, struct kc_call *c)
 {
-        if (c->sent == buf_size(&kc->out)) {
+        if (c->is_close_on_timeout) {
+                /* get_or_set: kcached ties a lease to the connection it was
+                 * granted on. A late {"lease"} nobody reads would block the
+                 * key for lease_ms; closing passes it on to a waiter now. */
+                kc_close(kc);
+        } else if (c->sent == buf_size(&kc->out)) {
                 /* Keep the connection: the reply is due later and will be
                  * recognised by its msgid and dropped. */
                 kc->n_pending++;
@@ -368,8 +389,8 @@ kc_timeout(struct kcache *kc, struct kc_call *c)
                 /* Half a request on the wire cannot be taken back. */
                 kc_close(kc);
         }
-        kc_seterr(kc, "%s: no reply from kcached within %d ms", rpc_methods[c->method].name,
-                  kc->timeout_ms);
+        kc_seterr(kc, "%s: no reply from kcached within %d ms", kc_call_name(c),
+                  kc_call_timeout_ms(kc, c));
         return KCACHE_E_TIMEOUT;
 }
 
@@ -473,10 +494,14 @@ kc_exchange(struct kcache *kc, struct kc_call *c)
 static int
 kc_call(struct kcache *kc, struct kc_call *c)
 {
-        const bool is_idempotent = (rpc_methods[c->method].flags & (KC_M_READ | KC_M_LOCAL)) != 0;
+        const bool is_idempotent =
+                c->raw_name != NULL
+                        ? c->is_raw_read
+                        : (rpc_methods[c->method].flags & (KC_M_READ | KC_M_LOCAL)) != 0;
+        const int timeout_ms = kc_call_timeout_ms(kc, c);
         bool is_retried = false;
 
-        c->deadline_ns = kc_now_ns() + (int64_t)kc->timeout_ms * 1000000;
+        c->deadline_ns = kc_now_ns() + (int64_t)timeout_ms * 1000000;
         c->has_reply = false;
         c->is_close_after = false;
         for (;;) {
@@ -487,7 +512,7 @@ kc_call(struct kcache *kc, struct kc_call *c)
                 if (kc->fd != -1 && kc->n_pending > KC_MAX_PENDING)
                         kc_close(kc);
                 if (kc->fd == -1) {
-                        r = kc_connect(kc, c->deadline_ns);
+                        r = kc_connect(kc, c->deadline_ns, timeout_ms);
                         if (r != KCACHE_OK)
                                 return r;
                 }
@@ -508,7 +533,7 @@ kc_call(struct kcache *kc, struct kc_call *c)
                         char why[KC_ERR_MAX];
 
                         memcpy(why, kc->err, sizeof(why));
-                        kc_seterr(kc, "%s: connection to %s broke: %s", rpc_methods[c->method].name,
+                        kc_seterr(kc, "%s: connection to %s broke: %s", kc_call_name(c),
                                   kc->socket_path, why);
                 }
                 return KCACHE_E_IO;
@@ -530,10 +555,14 @@ kc_call_end(struct kcache *kc, struct kc_call *c)
 /* --- decoding ----------------------------------------------------------- */
 
 static const int kc_error_codes[RPC_ERR_COUNT] = {
-        [RPC_ERR_BAD_REQUEST] = KCACHE_E_BAD_REQUEST, [RPC_ERR_NO_METHOD] = KCACHE_E_NO_METHOD,
-        [RPC_ERR_TOO_LARGE] = KCACHE_E_TOO_LARGE,     [RPC_ERR_UNAVAILABLE] = KCACHE_E_UNAVAILABLE,
-        [RPC_ERR_TIMEOUT] = KCACHE_E_TIMEOUT,         [RPC_ERR_BACKEND] = KCACHE_E_BACKEND,
+        [RPC_ERR_BAD_REQUEST] = KCACHE_E_BAD_REQUEST,
+        [RPC_ERR_NO_METHOD] = KCACHE_E_NO_METHOD,
+        [RPC_ERR_TOO_LARGE] = KCACHE_E_TOO_LARGE,
+        [RPC_ERR_UNAVAILABLE] = KCACHE_E_UNAVAILABLE,
+        [RPC_ERR_TIMEOUT] = KCACHE_E_TIMEOUT,
+        [RPC_ERR_BACKEND] = KCACHE_E_BACKEND,
         [RPC_ERR_INTERNAL] = KCACHE_E_INTERNAL,
+        [RPC_ERR_LEASE_INVALID] = KCACHE_E_LEASE_INVALID,
 };
 
 static bool
@@ -636,8 +665,7 @@ static int
 kc_bad_result(struct kcache *kc, struct kc_call *c, const char *expected)
 {
         c->is_close_after = true;
-        kc_seterr(kc, "%s: kcached answered something other than %s", rpc_methods[c->method].name,
-                  expected);
+        kc_seterr(kc, "%s: kcached answered something other than %s", kc_call_name(c), expected);
         return KCACHE_E_PROTOCOL;
 }
 
@@ -713,11 +741,146 @@ kc_pack_nomem(struct kcache *kc)
         return KCACHE_E_NOMEM;
 }
 
-static int
-kc_pack_ttl_opt(msgpack_packer *pk, int64_t ttl_s)
+/* The options of o that are set, as KC_OPT_* bits (options.def order). */
+static unsigned
+kc_opts_present(const struct kcache_call_opts *o)
 {
-        return msgpack_pack_map(pk, 1) || rpc_pack_str(pk, rpc_options[RPC_OPT_ttl].name) ||
-               msgpack_pack_int64(pk, ttl_s);
+        unsigned m = 0;
+
+        if (o == NULL)
+                return 0;
+        if (o->ttl_s > 0)
+                m |= KC_OPT_ttl;
+        if (o->consistency != NULL)
+                m |= KC_OPT_consistency;
+        if (o->ttl_ms > 0)
+                m |= KC_OPT_ttl_ms;
+        if (o->stale_ttl_s > 0)
+                m |= KC_OPT_stale_ttl;
+        if (o->stale_ttl_ms > 0)
+                m |= KC_OPT_stale_ttl_ms;
+        if (o->ns != NULL)
+                m |= KC_OPT_ns;
+        if (o->schema != NULL)
+                m |= KC_OPT_schema;
+        if (o->n_tags > 0)
+                m |= KC_OPT_tags;
+        if (o->field != NULL)
+                m |= KC_OPT_field;
+        if (o->lease_ms > 0)
+                m |= KC_OPT_lease_ms;
+        if (o->wait_ms > 0)
+                m |= KC_OPT_wait_ms;
+        return m;
+}
+
+/*
+ * Checks what kcached cannot tell apart from "not set" or would only reject
+ * after a round trip, and returns the options to send: those set that the
+ * call's method accepts (methods.def), so that one struct can serve several
+ * methods. KCACHE_OK or KCACHE_E_ARG.
+ */
+static int
+kc_opts_prepare(struct kcache *kc, const struct kc_call *c, const struct kcache_call_opts *o,
+                unsigned *mask)
+{
+        const char *m = kc_call_name(c);
+
+        *mask = 0;
+        if (o == NULL)
+                return KCACHE_OK;
+        if (o->ttl_s < 0 || o->ttl_ms < 0 || o->stale_ttl_s < 0 || o->stale_ttl_ms < 0 ||
+            o->lease_ms < 0 || o->wait_ms < 0) {
+                kc_seterr(kc, "%s: a negative ttl, stale ttl, lease_ms or wait_ms", m);
+                return KCACHE_E_ARG;
+        }
+        if ((o->ttl_s > 0 && o->ttl_ms > 0) || (o->stale_ttl_s > 0 && o->stale_ttl_ms > 0)) {
+                kc_seterr(kc, "%s: a ttl in seconds and in milliseconds at once", m);
+                return KCACHE_E_ARG;
+        }
+        if ((o->schema == NULL && o->schema_len > 0) || o->schema_len > UINT32_MAX ||
+            (o->field == NULL && o->field_len > 0) || o->field_len > UINT32_MAX) {
+                kc_seterr(kc, "%s: invalid schema or field", m);
+                return KCACHE_E_ARG;
+        }
+        if (o->n_tags > UINT32_MAX || (o->n_tags > 0 && o->tags == NULL)) {
+                kc_seterr(kc, "%s: invalid tag list", m);
+                return KCACHE_E_ARG;
+        }
+        for (size_t i = 0; i < o->n_tags; i++) {
+                if (o->tags[i] == NULL) {
+                        kc_seterr(kc, "%s: tag %zu is NULL", m, i);
+                        return KCACHE_E_ARG;
+                }
+        }
+        *mask = kc_opts_present(o) & rpc_methods[c->method].opts;
+        return KCACHE_OK;
+}
+
+/* Packs the trailing options map: the options in mask, in table order.
+ * Nothing when mask is 0 (the request then looks as it did before options). */
+static int
+kc_pack_opts(msgpack_packer *pk, const struct kcache_call_opts *o, unsigned mask)
+{
+        uint32_t n = 0;
+
+        if (mask == 0)
+                return 0;
+        for (int i = 0; i < RPC_OPT_COUNT; i++)
+                n += (mask & KC_OPT_BIT(i)) != 0;
+        if (msgpack_pack_map(pk, n))
+                return -1;
+        for (int i = 0; i < RPC_OPT_COUNT; i++) {
+                int r;
+
+                if (!(mask & KC_OPT_BIT(i)))
+                        continue;
+                if (rpc_pack_str(pk, rpc_options[i].name))
+                        return -1;
+                switch (i) {
+                case RPC_OPT_ttl:
+                        r = msgpack_pack_int64(pk, o->ttl_s);
+                        break;
+                case RPC_OPT_consistency:
+                        r = rpc_pack_str(pk, o->consistency);
+                        break;
+                case RPC_OPT_ttl_ms:
+                        r = msgpack_pack_int64(pk, o->ttl_ms);
+                        break;
+                case RPC_OPT_stale_ttl:
+                        r = msgpack_pack_int64(pk, o->stale_ttl_s);
+                        break;
+                case RPC_OPT_stale_ttl_ms:
+                        r = msgpack_pack_int64(pk, o->stale_ttl_ms);
+                        break;
+                case RPC_OPT_ns:
+                        r = rpc_pack_str(pk, o->ns);
+                        break;
+                case RPC_OPT_schema:
+                        r = rpc_pack_bin(pk, o->schema, o->schema_len);
+                        break;
+                case RPC_OPT_tags:
+                        r = msgpack_pack_array(pk, (uint32_t)o->n_tags);
+                        for (size_t t = 0; r == 0 && t < o->n_tags; t++)
+                                r = rpc_pack_str(pk, o->tags[t]);
+                        break;
+                case RPC_OPT_field:
+                        r = rpc_pack_bin(pk, o->field, o->field_len);
+                        break;
+                case RPC_OPT_lease_ms:
+                        r = msgpack_pack_int64(pk, o->lease_ms);
+                        break;
+                case RPC_OPT_wait_ms:
+                        r = msgpack_pack_int64(pk, o->wait_ms);
+                        break;
+                default:
+                        r = -1; /* not in kc_opts_present(): cannot happen */
+                        break;
+                }
+                if (r)
+                        return -1;
+        }
+        return 0;
 }
 
 static int
@@ -743,29 +906,52 @@ kc_check_keys(struct kcache *kc, size_t n, const void *const *keys, const size_t
         return KCACHE_OK;
 }
 
-/* Packs [[key, ...]] for del, mget, exists. */
 static int
-kc_pack_key_list(struct kcache *kc, size_t n, const void *const *keys, const size_t *klens)
+kc_check_str(struct kcache *kc, const char *s, const char *what)
 {
-        msgpack_packer pk;
-
-        kc_params_start(kc, &pk);
-        if (msgpack_pack_array(&pk, 1) || msgpack_pack_array(&pk, (uint32_t)n))
-                return kc_pack_nomem(kc);
-        for (size_t i = 0; i < n; i++)
-                if (rpc_pack_bin(&pk, keys[i], klens[i]))
-                        return kc_pack_nomem(kc);
+        if (s == NULL || strlen(s) > UINT32_MAX) {
+                kc_seterr(kc, "invalid %s", what);
+                return KCACHE_E_ARG;
+        }
         return KCACHE_OK;
 }
 
-/* Packs [key] for get, ttl. */
+/* Packs n binary strings as an array. */
 static int
-kc_pack_one_key(struct kcache *kc, const void *key, size_t klen)
+kc_pack_bin_array(msgpack_packer *pk, size_t n, const void *const *p, const size_t *lens)
+{
+        if (msgpack_pack_array(pk, (uint32_t)n))
+                return -1;
+        for (size_t i = 0; i < n; i++)
+                if (rpc_pack_bin(pk, p[i], lens[i]))
+                        return -1;
+        return 0;
+}
+
+/* Packs [[key, ...], opts] for del, mget, exists. */
+static int
+kc_pack_key_list(struct kcache *kc, size_t n, const void *const *keys, const size_t *klens,
+                 const struct kcache_call_opts *o, unsigned mask)
 {
         msgpack_packer pk;
 
         kc_params_start(kc, &pk);
-        if (msgpack_pack_array(&pk, 1) || rpc_pack_bin(&pk, key, klen))
+        if (msgpack_pack_array(&pk, mask ? 2 : 1) || kc_pack_bin_array(&pk, n, keys, klens) ||
+            kc_pack_opts(&pk, o, mask))
+                return kc_pack_nomem(kc);
+        return KCACHE_OK;
+}
+
+/* Packs [key, opts] for get, ttl, hgetall, get_or_set. */
+static int
+kc_pack_one_key(struct kcache *kc, const void *key, size_t klen, const struct kcache_call_opts *o,
+                unsigned mask)
+{
+        msgpack_packer pk;
+
+        kc_params_start(kc, &pk);
+        if (msgpack_pack_array(&pk, mask ? 2 : 1) || rpc_pack_bin(&pk, key, klen) ||
+            kc_pack_opts(&pk, o, mask))
                 return kc_pack_nomem(kc);
         return KCACHE_OK;
 }
@@ -782,7 +968,7 @@ kc_pack_one_key(struct kcache *kc, const void *key, size_t klen)
 static int
 kc_leave(struct kcache *kc, int r)
 {
-        if (r == KCACHE_OK || r == KCACHE_MISS)
+        if (r == KCACHE_OK || r == KCACHE_MISS || r == KCACHE_LEASE)
                 kc->err[0] = '\0';
         return r;
 }
@@ -903,6 +1089,12 @@ kcache_code_name(int code)
                 return "INTERNAL";
         case KCACHE_E_SERVER:
                 return "SERVER";
+        case KCACHE_LEASE:
+                return "LEASE";
+        case KCACHE_E_LEASE_INVALID:
+                return "LEASE_INVALID";
+        case KCACHE_E_LOADER:
+                return "LOADER";
         default:
                 return "UNKNOWN";
         }
@@ -1036,23 +1228,13 @@ kcache_server_limit(const struct kcache *kc, size_t i, const char **name, int64_
         return KCACHE_OK;
 }
 
-KCACHE_API int
-kcache_get(struct kcache *kc, const void *key, size_t klen, void **val, size_t *len)
+/* Finishes a call whose result is bin (a hit) or nil (a miss). */
+static int
+kc_value_result(struct kcache *kc, struct kc_call *c, void **val, size_t *len)
 {
-        struct kc_call c = {.method = RPC_M_get};
         const msgpack_object *res;
-        int r;
+        int r = kc_run(kc, c, &res);
 
-        KC_ENTER(kc);
-        if (val == NULL || len == NULL) {
-                kc_seterr(kc, "get: val and len are required");
-                return KCACHE_E_ARG;
-        }
-        r = kc_check_bytes(kc, key, klen, "key");
-        if (r == KCACHE_OK)
-                r = kc_pack_one_key(kc, key, klen);
-        if (r == KCACHE_OK)
-                r = kc_run(kc, &c, &res);
         if (r != KCACHE_OK)
                 return r;
         if (res->type == MSGPACK_OBJECT_NIL) {
@@ -1062,68 +1244,116 @@ kcache_get(struct kcache *kc, const void *key, size_t klen, void **val, size_t *
         } else {
                 r = kc_copy_value(kc, res, val, len);
                 if (r == KCACHE_E_PROTOCOL)
-                        r = kc_bad_result(kc, &c, "bin or nil");
+                        r = kc_bad_result(kc, c, "bin or nil");
         }
-        kc_call_end(kc, &c);
-        return kc_leave(kc, r);
+        kc_call_end(kc, c);
+        return r;
+}
+
+/* Finishes a call whose result is a bool (an integer 0/1, Redis' own answer,
+ * is accepted too). */
+static int
+kc_bool_result(struct kcache *kc, struct kc_call *c, int *out)
+{
+        const msgpack_object *res;
+        int64_t v;
+        int r = kc_run(kc, c, &res);
+
+        if (r != KCACHE_OK)
+                return r;
+        if (res->type == MSGPACK_OBJECT_BOOLEAN) {
+                if (out != NULL)
+                        *out = res->via.boolean ? 1 : 0;
+        } else if (kc_obj_int(res, &v) && (v == 0 || v == 1)) {
+                if (out != NULL)
+                        *out = (int)v;
+        } else {
+                r = kc_bad_result(kc, c, "a bool");
+        }
+        kc_call_end(kc, c);
+        return r;
+}
+
+KCACHE_API int
+kcache_get_ex(struct kcache *kc, const void *key, size_t klen, const struct kcache_call_opts *o,
+              void **val, size_t *len)
+{
+        struct kc_call c = {.method = RPC_M_get};
+        unsigned mask;
+        int r;
+
+        KC_ENTER(kc);
+        if (val == NULL || len == NULL) {
+                kc_seterr(kc, "get: val and len are required");
+                return KCACHE_E_ARG;
+        }
+        r = kc_check_bytes(kc, key, klen, "key");
+        if (r == KCACHE_OK)
+                r = kc_opts_prepare(kc, &c, o, &mask);
+        if (r == KCACHE_OK)
+                r = kc_pack_one_key(kc, key, klen, o, mask);
+        if (r != KCACHE_OK)
+                return r;
+        return kc_leave(kc, kc_value_result(kc, &c, val, len));
+}
+
+KCACHE_API int
+kcache_get(struct kcache *kc, const void *key, size_t klen, void **val, size_t *len)
+{
+        return kcache_get_ex(kc, key, klen, NULL, val, len);
+}
+
+KCACHE_API int
+kcache_set_ex(struct kcache *kc, const void *key, size_t klen, const void *val, size_t len,
+              const struct kcache_call_opts *o)
+{
+        struct kc_call c = {.method = RPC_M_set};
+        msgpack_packer pk;
+        unsigned mask;
+        int r;
+
+        KC_ENTER(kc);
+        r = kc_check_bytes(kc, key, klen, "key");
+        if (r == KCACHE_OK)
+                r = kc_check_bytes(kc, val, len, "value");
+        if (r == KCACHE_OK)
+                r = kc_opts_prepare(kc, &c, o, &mask);
+        if (r != KCACHE_OK)
+                return r;
+        kc_params_start(kc, &pk);
+        if (msgpack_pack_array(&pk, mask ? 3 : 2) || rpc_pack_bin(&pk, key, klen) ||
+            rpc_pack_bin(&pk, val, len) || kc_pack_opts(&pk, o, mask))
+                return kc_pack_nomem(kc);
+        return kc_leave(kc, kc_true_result(kc, &c));
 }
 
 KCACHE_API int
 kcache_set(struct kcache *kc, const void *key, size_t klen, const void *val, size_t len,
            int64_t ttl_s)
 {
-        struct kc_call c = {.method = RPC_M_set};
-        msgpack_packer pk;
-        int r;
+        const struct kcache_call_opts o = {.ttl_s = ttl_s};
 
         KC_ENTER(kc);
         if (ttl_s < 0) {
                 kc_seterr(kc, "set: negative ttl");
                 return KCACHE_E_ARG;
         }
-        r = kc_check_bytes(kc, key, klen, "key");
+        return kcache_set_ex(kc, key, klen, val, len, &o);
+}
+
+/* del, exists, invalidate_keys' shape: a key list in, an integer out. */
+static int
+kc_key_list_count(struct kcache *kc, enum rpc_method method, size_t n, const void *const *keys,
+                  const size_t *klens, const struct kcache_call_opts *o, int64_t *count)
+{
+        struct kc_call c = {.method = method};
+        unsigned mask;
+        int r;
+
+        KC_ENTER(kc);
+        r = kc_check_keys(kc, n, keys, klens);
         if (r == KCACHE_OK)
-                r = kc_check_bytes(kc, val, len, "value");
-        if (r != KCACHE_OK)
-                return r;
-        kc_params_start(kc, &pk);
-        if (msgpack_pack_array(&pk, ttl_s > 0 ? 3 : 2) || rpc_pack_bin(&pk, key, klen) ||
-            rpc_pack_bin(&pk, val, len) || (ttl_s > 0 && kc_pack_ttl_opt(&pk, ttl_s)))
-                return kc_pack_nomem(kc);
-        return kc_leave(kc, kc_true_result(kc, &c));
-}
-
-KCACHE_API int
-kcache_del(struct kcache *kc, size_t n, const void *const *keys, const size_t *klens,
-           int64_t *removed)
-{
-        struct kc_call c = {.method = RPC_M_del};
-        int r;
-
-        KC_ENTER(kc);
-        r = kc_check_keys(kc, n, keys, klens);
-        if (r != KCACHE_OK)
-                return r;
-        if (n == 0) {
-                if (removed != NULL)
-                        *removed = 0;
-                return KCACHE_OK;
-        }
-        r = kc_pack_key_list(kc, n, keys, klens);
-        if (r != KCACHE_OK)
-                return r;
-        return kc_leave(kc, kc_int_result(kc, &c, removed));
-}
-
-KCACHE_API int
-kcache_exists(struct kcache *kc, size_t n, const void *const *keys, const size_t *klens,
-              int64_t *count)
-{
-        struct kc_call c = {.method = RPC_M_exists};
-        int r;
-
-        KC_ENTER(kc);
-        r = kc_check_keys(kc, n, keys, klens);
+                r = kc_opts_prepare(kc, &c, o, &mask);
         if (r != KCACHE_OK)
                 return r;
         if (n == 0) {
@@ -1131,23 +1361,54 @@ kcache_exists(struct kcache *kc, size_t n, const void *const *keys, const size_t
                         *count = 0;
                 return KCACHE_OK;
         }
-        r = kc_pack_key_list(kc, n, keys, klens);
+        r = kc_pack_key_list(kc, n, keys, klens, o, mask);
         if (r != KCACHE_OK)
                 return r;
         return kc_leave(kc, kc_int_result(kc, &c, count));
 }
 
 KCACHE_API int
-kcache_mget(struct kcache *kc, size_t n, const void *const *keys, const size_t *klens,
-            struct kcache_value *vals)
+kcache_del_ex(struct kcache *kc, size_t n, const void *const *keys, const size_t *klens,
+              const struct kcache_call_opts *o, int64_t *removed)
+{
+        return kc_key_list_count(kc, RPC_M_del, n, keys, klens, o, removed);
+}
+
+KCACHE_API int
+kcache_del(struct kcache *kc, size_t n, const void *const *keys, const size_t *klens,
+           int64_t *removed)
+{
+        return kc_key_list_count(kc, RPC_M_del, n, keys, klens, NULL, removed);
+}
+
+KCACHE_API int
+kcache_exists_ex(struct kcache *kc, size_t n, const void *const *keys, const size_t *klens,
+                 const struct kcache_call_opts *o, int64_t *count)
+{
+        return kc_key_list_count(kc, RPC_M_exists, n, keys, klens, o, count);
+}
+
+KCACHE_API int
+kcache_exists(struct kcache *kc, size_t n, const void *const *keys, const size_t *klens,
+              int64_t *count)
+{
+        return kc_key_list_count(kc, RPC_M_exists, n, keys, klens, NULL, count);
+}
+
+KCACHE_API int
+kcache_mget_ex(struct kcache *kc, size_t n, const void *const *keys, const size_t *klens,
+               const struct kcache_call_opts *o, struct kcache_value *vals)
 {
         struct kc_call c = {.method = RPC_M_mget};
         const msgpack_object *res;
         struct kcache_value *tmp;
+        unsigned mask;
         int r;
 
         KC_ENTER(kc);
         r = kc_check_keys(kc, n, keys, klens);
+        if (r == KCACHE_OK)
+                r = kc_opts_prepare(kc, &c, o, &mask);
         if (r != KCACHE_OK)
                 return r;
         if (n > 0 && vals == NULL) {
@@ -1156,7 +1417,7 @@ kcache_mget(struct kcache *kc, size_t n, const void *const *keys, const size_t *
         }
         if (n == 0)
                 return KCACHE_OK;
-        r = kc_pack_key_list(kc, n, keys, klens);
+        r = kc_pack_key_list(kc, n, keys, klens, o, mask);
         if (r == KCACHE_OK)
                 r = kc_run(kc, &c, &res);
         if (r != KCACHE_OK)
@@ -1173,11 +1434,11 @@ kcache_mget(struct kcache *kc, size_t n, const void *const *keys, const size_t *
                 goto out;
         }
         for (size_t i = 0; i < n && r == KCACHE_OK; i++) {
-                const msgpack_object *o = &res->via.array.ptr[i];
+                const msgpack_object *v = &res->via.array.ptr[i];
 
-                if (o->type == MSGPACK_OBJECT_NIL)
+                if (v->type == MSGPACK_OBJECT_NIL)
                         continue;
-                r = kc_copy_value(kc, o, &tmp[i].data, &tmp[i].len);
+                r = kc_copy_value(kc, v, &tmp[i].data, &tmp[i].len);
                 if (r == KCACHE_E_PROTOCOL)
                         r = kc_bad_result(kc, &c, "bin or nil values");
         }
@@ -1192,88 +1453,131 @@ out:
 }
 
 KCACHE_API int
-kcache_mset(struct kcache *kc, size_t n, const void *const *keys, const size_t *klens,
-            const void *const *vals, const size_t *vlens, int64_t ttl_s)
+kcache_mget(struct kcache *kc, size_t n, const void *const *keys, const size_t *klens,
+            struct kcache_value *vals)
+{
+        return kcache_mget_ex(kc, n, keys, klens, NULL, vals);
+}
+
+/* Checks n byte strings of a batch (mset values, hset fields and values). */
+static int
+kc_check_list(struct kcache *kc, size_t n, const void *const *p, const size_t *lens,
+              const char *what)
+{
+        if (n > UINT32_MAX || (n > 0 && (p == NULL || lens == NULL))) {
+                kc_seterr(kc, "invalid %s list", what);
+                return KCACHE_E_ARG;
+        }
+        for (size_t i = 0; i < n; i++)
+                if (kc_check_bytes(kc, p[i], lens[i], what) != KCACHE_OK)
+                        return KCACHE_E_ARG;
+        return KCACHE_OK;
+}
+
+/* Packs {a[0]: b[0], ...}. */
+static int
+kc_pack_bin_map(msgpack_packer *pk, size_t n, const void *const *a, const size_t *alens,
+                const void *const *b, const size_t *blens)
+{
+        if (msgpack_pack_map(pk, (uint32_t)n))
+                return -1;
+        for (size_t i = 0; i < n; i++)
+                if (rpc_pack_bin(pk, a[i], alens[i]) || rpc_pack_bin(pk, b[i], blens[i]))
+                        return -1;
+        return 0;
+}
+
+KCACHE_API int
+kcache_mset_ex(struct kcache *kc, size_t n, const void *const *keys, const size_t *klens,
+               const void *const *vals, const size_t *vlens, const struct kcache_call_opts *o)
 {
         struct kc_call c = {.method = RPC_M_mset};
         msgpack_packer pk;
+        unsigned mask;
         int r;
+
+        KC_ENTER(kc);
+        r = kc_check_keys(kc, n, keys, klens);
+        if (r == KCACHE_OK)
+                r = kc_check_list(kc, n, vals, vlens, "value");
+        if (r == KCACHE_OK)
+                r = kc_opts_prepare(kc, &c, o, &mask);
+        if (r != KCACHE_OK)
+                return r;
+        if (n == 0)
+                return KCACHE_OK;
+        kc_params_start(kc, &pk);
+        if (msgpack_pack_array(&pk, mask ? 2 : 1) ||
+            kc_pack_bin_map(&pk, n, keys, klens, vals, vlens) || kc_pack_opts(&pk, o, mask))
+                return kc_pack_nomem(kc);
+        return kc_leave(kc, kc_true_result(kc, &c));
+}
+
+KCACHE_API int
+kcache_mset(struct kcache *kc, size_t n, const void *const *keys, const size_t *klens,
+            const void *const *vals, const size_t *vlens, int64_t ttl_s)
+{
+        const struct kcache_call_opts o = {.ttl_s = ttl_s};
 
         KC_ENTER(kc);
         if (ttl_s < 0) {
                 kc_seterr(kc, "mset: negative ttl");
                 return KCACHE_E_ARG;
         }
-        r = kc_check_keys(kc, n, keys, klens);
-        if (r != KCACHE_OK)
-                return r;
-        if (n > 0 && (vals == NULL || vlens == NULL)) {
-                kc_seterr(kc, "mset: vals and vlens are required");
-                return KCACHE_E_ARG;
-        }
-        for (size_t i = 0; i < n; i++)
-                if (kc_check_bytes(kc, vals[i], vlens[i], "value") != KCACHE_OK)
-                        return KCACHE_E_ARG;
-        if (n == 0)
-                return KCACHE_OK;
-        kc_params_start(kc, &pk);
-        if (msgpack_pack_array(&pk, ttl_s > 0 ? 2 : 1) || msgpack_pack_map(&pk, (uint32_t)n))
-                return kc_pack_nomem(kc);
-        for (size_t i = 0; i < n; i++)
-                if (rpc_pack_bin(&pk, keys[i], klens[i]) || rpc_pack_bin(&pk, vals[i], vlens[i]))
-                        return kc_pack_nomem(kc);
-        if (ttl_s > 0 && kc_pack_ttl_opt(&pk, ttl_s))
-                return kc_pack_nomem(kc);
-        return kc_leave(kc, kc_true_result(kc, &c));
+        return kcache_mset_ex(kc, n, keys, klens, vals, vlens, &o);
 }
 
 KCACHE_API int
-kcache_ttl(struct kcache *kc, const void *key, size_t klen, int64_t *ttl_s)
+kcache_ttl_ex(struct kcache *kc, const void *key, size_t klen, const struct kcache_call_opts *o,
+              int64_t *ttl_s)
 {
         struct kc_call c = {.method = RPC_M_ttl};
+        unsigned mask;
         int r;
 
         KC_ENTER(kc);
         r = kc_check_bytes(kc, key, klen, "key");
         if (r == KCACHE_OK)
-                r = kc_pack_one_key(kc, key, klen);
+                r = kc_opts_prepare(kc, &c, o, &mask);
+        if (r == KCACHE_OK)
+                r = kc_pack_one_key(kc, key, klen, o, mask);
         if (r != KCACHE_OK)
                 return r;
         return kc_leave(kc, kc_int_result(kc, &c, ttl_s));
 }
 
 KCACHE_API int
-kcache_expire(struct kcache *kc, const void *key, size_t klen, int64_t seconds, int *existed)
+kcache_ttl(struct kcache *kc, const void *key, size_t klen, int64_t *ttl_s)
+{
+        return kcache_ttl_ex(kc, key, klen, NULL, ttl_s);
+}
+
+KCACHE_API int
+kcache_expire_ex(struct kcache *kc, const void *key, size_t klen, int64_t seconds,
+                 const struct kcache_call_opts *o, int *existed)
 {
         struct kc_call c = {.method = RPC_M_expire};
-        const msgpack_object *res;
         msgpack_packer pk;
-        int64_t v;
+        unsigned mask;
         int r;
 
         KC_ENTER(kc);
         r = kc_check_bytes(kc, key, klen, "key");
+        if (r == KCACHE_OK)
+                r = kc_opts_prepare(kc, &c, o, &mask);
         if (r != KCACHE_OK)
                 return r;
         kc_params_start(kc, &pk);
-        if (msgpack_pack_array(&pk, 2) || rpc_pack_bin(&pk, key, klen) ||
-            msgpack_pack_int64(&pk, seconds))
+        if (msgpack_pack_array(&pk, mask ? 3 : 2) || rpc_pack_bin(&pk, key, klen) ||
+            msgpack_pack_int64(&pk, seconds) || kc_pack_opts(&pk, o, mask))
                 return kc_pack_nomem(kc);
-        r = kc_run(kc, &c, &res);
-        if (r != KCACHE_OK)
-                return r;
-        /* bool per the protocol; an integer 0/1 (Redis' own answer) is accepted */
-        if (res->type == MSGPACK_OBJECT_BOOLEAN) {
-                if (existed != NULL)
-                        *existed = res->via.boolean ? 1 : 0;
-        } else if (kc_obj_int(res, &v) && (v == 0 || v == 1)) {
-                if (existed != NULL)
-                        *existed = (int)v;
-        } else {
-                r = kc_bad_result(kc, &c, "a bool");
-        }
-        kc_call_end(kc, &c);
-        return kc_leave(kc, r);
+        return kc_leave(kc, kc_bool_result(kc, &c, existed));
+}
+
+KCACHE_API int
+kcache_expire(struct kcache *kc, const void *key, size_t klen, int64_t seconds, int *existed)
+{
+        return kcache_expire_ex(kc, key, klen, seconds, NULL, existed);
 }
 
 KCACHE_API void
@@ -1284,4 +1588,584 @@ kcache_values_free(struct kcache_value *vals, size_t n)
                 vals[i].data = NULL;
                 vals[i].len = 0;
         }
+}
+
+/* --- hashes ------------------------------------------------------------- */
+
+KCACHE_API int
+kcache_hget(struct kcache *kc, const void *key, size_t klen, const void *field, size_t flen,
+            const struct kcache_call_opts *o, void **val, size_t *len)
+{
+        struct kc_call c = {.method = RPC_M_hget};
+        msgpack_packer pk;
+        unsigned mask;
+        int r;
+
+        KC_ENTER(kc);
+        if (val == NULL || len == NULL) {
+                kc_seterr(kc, "hget: val and len are required");
+                return KCACHE_E_ARG;
+        }
+        r = kc_check_bytes(kc, key, klen, "key");
+        if (r == KCACHE_OK)
+                r = kc_check_bytes(kc, field, flen, "field");
+        if (r == KCACHE_OK)
+                r = kc_opts_prepare(kc, &c, o, &mask);
+        if (r != KCACHE_OK)
+                return r;
+        kc_params_start(kc, &pk);
+        if (msgpack_pack_array(&pk, mask ? 3 : 2) || rpc_pack_bin(&pk, key, klen) ||
+            rpc_pack_bin(&pk, field, flen) || kc_pack_opts(&pk, o, mask))
+                return kc_pack_nomem(kc);
+        return kc_leave(kc, kc_value_result(kc, &c, val, len));
+}
+
+KCACHE_API int
+kcache_hset(struct kcache *kc, const void *key, size_t klen, size_t n, const void *const *fields,
+            const size_t *flens, const void *const *vals, const size_t *vlens,
+            const struct kcache_call_opts *o)
+{
+        struct kc_call c = {.method = RPC_M_hset};
+        msgpack_packer pk;
+        unsigned mask;
+        int r;
+
+        KC_ENTER(kc);
+        r = kc_check_bytes(kc, key, klen, "key");
+        if (r == KCACHE_OK)
+                r = kc_check_list(kc, n, fields, flens, "field");
+        if (r == KCACHE_OK)
+                r = kc_check_list(kc, n, vals, vlens, "value");
+        if (r == KCACHE_OK)
+                r = kc_opts_prepare(kc, &c, o, &mask);
+        if (r != KCACHE_OK)
+                return r;
+        if (n == 0)
+                return KCACHE_OK;
+        kc_params_start(kc, &pk);
+        if (msgpack_pack_array(&pk, mask ? 3 : 2) || rpc_pack_bin(&pk, key, klen) ||
+            kc_pack_bin_map(&pk, n, fields, flens, vals, vlens) || kc_pack_opts(&pk, o, mask))
+                return kc_pack_nomem(kc);
+        return kc_leave(kc, kc_true_result(kc, &c));
+}
+
+KCACHE_API int
+kcache_hdel(struct kcache *kc, const void *key, size_t klen, size_t n, const void *const *fields,
+            const size_t *flens, const struct kcache_call_opts *o, int64_t *removed)
+{
+        struct kc_call c = {.method = RPC_M_hdel};
+        msgpack_packer pk;
+        unsigned mask;
+        int r;
+
+        KC_ENTER(kc);
+        r = kc_check_bytes(kc, key, klen, "key");
+        if (r == KCACHE_OK)
+                r = kc_check_list(kc, n, fields, flens, "field");
+        if (r == KCACHE_OK)
+                r = kc_opts_prepare(kc, &c, o, &mask);
+        if (r != KCACHE_OK)
+                return r;
+        if (n == 0) {
+                if (removed != NULL)
+                        *removed = 0;
+                return KCACHE_OK;
+        }
+        kc_params_start(kc, &pk);
+        if (msgpack_pack_array(&pk, mask ? 3 : 2) || rpc_pack_bin(&pk, key, klen) ||
+            kc_pack_bin_array(&pk, n, fields, flens) || kc_pack_opts(&pk, o, mask))
+                return kc_pack_nomem(kc);
+        return kc_leave(kc, kc_int_result(kc, &c, removed));
+}
+
+KCACHE_API void
+kcache_hash_free(struct kcache_value *fields, struct kcache_value *values, size_t n)
+{
+        if (fields != NULL)
+                kcache_values_free(fields, n);
+        if (values != NULL)
+                kcache_values_free(values, n);
+        free(fields);
+        free(values);
+}
+
+KCACHE_API int
+kcache_hgetall(struct kcache *kc, const void *key, size_t klen, const struct kcache_call_opts *o,
+               struct kcache_value **fields, struct kcache_value **values, size_t *n)
+{
+        struct kc_call c = {.method = RPC_M_hgetall};
+        struct kcache_value *f = NULL, *v = NULL;
+        const msgpack_object *res;
+        unsigned mask;
+        uint32_t size;
+        int r;
+
+        KC_ENTER(kc);
+        if (fields == NULL || values == NULL || n == NULL) {
+                kc_seterr(kc, "hgetall: fields, values and n are required");
+                return KCACHE_E_ARG;
+        }
+        r = kc_check_bytes(kc, key, klen, "key");
+        if (r == KCACHE_OK)
+                r = kc_opts_prepare(kc, &c, o, &mask);
+        if (r == KCACHE_OK)
+                r = kc_pack_one_key(kc, key, klen, o, mask);
+        if (r == KCACHE_OK)
+                r = kc_run(kc, &c, &res);
+        if (r != KCACHE_OK)
+                return r;
+        if (res->type != MSGPACK_OBJECT_MAP) {
+                r = kc_bad_result(kc, &c, "a map of fields");
+                goto out;
+        }
+        size = res->via.map.size;
+        if (size > 0) {
+                f = calloc(size, sizeof(*f));
+                v = calloc(size, sizeof(*v));
+                if (f == NULL || v == NULL) {
+                        kc_seterr(kc, "out of memory for %u fields", (unsigned)size);
+                        r = KCACHE_E_NOMEM;
+                }
+        }
+        for (uint32_t i = 0; i < size && r == KCACHE_OK; i++) {
+                const msgpack_object_kv *kv = &res->via.map.ptr[i];
+
+                r = kc_copy_value(kc, &kv->key, &f[i].data, &f[i].len);
+                if (r == KCACHE_OK)
+                        r = kc_copy_value(kc, &kv->val, &v[i].data, &v[i].len);
+                if (r == KCACHE_E_PROTOCOL)
+                        r = kc_bad_result(kc, &c, "bin field names and values");
+        }
+        if (r == KCACHE_OK) {
+                *fields = f;
+                *values = v;
+                *n = size;
+        } else {
+                kcache_hash_free(f, v, size);
+        }
+out:
+        kc_call_end(kc, &c);
+        return kc_leave(kc, r);
+}
+
+/* --- invalidation ------------------------------------------------------- */
+
+/* Finishes an invalidate: {name: integer}. */
+static int
+kc_invalidate_result(struct kcache *kc, struct kc_call *c, const char *name, const char *expected,
+                     int64_t *out)
+{
+        const msgpack_object *res, *n;
+        int64_t v;
+        int r = kc_run(kc, c, &res);
+
+        if (r != KCACHE_OK)
+                return r;
+        if (res->type == MSGPACK_OBJECT_MAP && (n = kc_map_get(res, name)) != NULL &&
+            kc_obj_int(n, &v)) {
+                if (out != NULL)
+                        *out = v;
+        } else {
+                r = kc_bad_result(kc, c, expected);
+        }
+        kc_call_end(kc, c);
+        return r;
+}
+
+/* Starts [ {selector: ...  : the caller packs the selector's value, then the
+ * options. */
+static int
+kc_pack_selector_head(struct kcache *kc, msgpack_packer *pk, const char *selector, unsigned mask)
+{
+        kc_params_start(kc, pk);
+        if (msgpack_pack_array(pk, mask ? 2 : 1) || msgpack_pack_map(pk, 1) ||
+            rpc_pack_str(pk, selector))
+                return kc_pack_nomem(kc);
+        return KCACHE_OK;
+}
+
+KCACHE_API int
+kcache_invalidate_keys(struct kcache *kc, size_t n, const void *const *keys, const size_t *klens,
+                       const struct kcache_call_opts *o, int64_t *deleted)
+{
+        struct kc_call c = {.method = RPC_M_invalidate};
+        msgpack_packer pk;
+        unsigned mask;
+        int r;
+
+        KC_ENTER(kc);
+        r = kc_check_keys(kc, n, keys, klens);
+        if (r == KCACHE_OK)
+                r = kc_opts_prepare(kc, &c, o, &mask);
+        if (r != KCACHE_OK)
+                return r;
+        if (n == 0) {
+                if (deleted != NULL)
+                        *deleted = 0;
+                return KCACHE_OK;
+        }
+        r = kc_pack_selector_head(kc, &pk, "keys", mask);
+        if (r != KCACHE_OK)
+                return r;
+        if (kc_pack_bin_array(&pk, n, keys, klens) || kc_pack_opts(&pk, o, mask))
+                return kc_pack_nomem(kc);
+        return kc_leave(kc, kc_invalidate_result(kc, &c, "deleted", "{\"deleted\": n}", deleted));
+}
+
+KCACHE_API int
+kcache_invalidate_pattern(struct kcache *kc, const char *pattern, const struct kcache_call_opts *o,
+                          int64_t *deleted)
+{
+        struct kc_call c = {.method = RPC_M_invalidate};
+        msgpack_packer pk;
+        unsigned mask;
+        int r;
+
+        KC_ENTER(kc);
+        r = kc_check_str(kc, pattern, "pattern");
+        if (r == KCACHE_OK)
+                r = kc_opts_prepare(kc, &c, o, &mask);
+        if (r == KCACHE_OK)
+                r = kc_pack_selector_head(kc, &pk, "pattern", mask);
+        if (r != KCACHE_OK)
+                return r;
+        if (rpc_pack_str(&pk, pattern) || kc_pack_opts(&pk, o, mask))
+                return kc_pack_nomem(kc);
+        return kc_leave(kc, kc_invalidate_result(kc, &c, "deleted", "{\"deleted\": n}", deleted));
+}
+
+KCACHE_API int
+kcache_invalidate_tags(struct kcache *kc, size_t n, const char *const *tags, int64_t *deleted)
+{
+        struct kc_call c = {.method = RPC_M_invalidate};
+        msgpack_packer pk;
+        int r;
+
+        KC_ENTER(kc);
+        if (n > UINT32_MAX || (n > 0 && tags == NULL)) {
+                kc_seterr(kc, "invalidate: invalid tag list");
+                return KCACHE_E_ARG;
+        }
+        for (size_t i = 0; i < n; i++)
+                if (kc_check_str(kc, tags[i], "tag") != KCACHE_OK)
+                        return KCACHE_E_ARG;
+        if (n == 0) {
+                if (deleted != NULL)
+                        *deleted = 0;
+                return KCACHE_OK;
+        }
+        r = kc_pack_selector_head(kc, &pk, "tags", 0);
+        if (r != KCACHE_OK)
+                return r;
+        if (msgpack_pack_array(&pk, (uint32_t)n))
+                return kc_pack_nomem(kc);
+        for (size_t i = 0; i < n; i++)
+                if (rpc_pack_str(&pk, tags[i]))
+                        return kc_pack_nomem(kc);
+        return kc_leave(kc, kc_invalidate_result(kc, &c, "deleted", "{\"deleted\": n}", deleted));
+}
+
+KCACHE_API int
+kcache_invalidate_namespace(struct kcache *kc, const char *ns, int64_t *generation)
+{
+        struct kc_call c = {.method = RPC_M_invalidate};
+        msgpack_packer pk;
+        int r;
+
+        KC_ENTER(kc);
+        r = kc_check_str(kc, ns, "namespace");
+        if (r == KCACHE_OK)
+                r = kc_pack_selector_head(kc, &pk, "namespace", 0);
+        if (r != KCACHE_OK)
+                return r;
+        if (rpc_pack_str(&pk, ns))
+                return kc_pack_nomem(kc);
+        return kc_leave(
+                kc, kc_invalidate_result(kc, &c, "generation", "{\"generation\": g}", generation));
+}
+
+/* --- leases ------------------------------------------------------------- */
+
+/* The deadline of get_or_set: kcached may wait wait_ms for another loader
+ * before it answers, so the handle's timeout alone would give up too early. */
+static int
+kc_get_or_set_timeout_ms(const struct kcache *kc, const struct kcache_call_opts *o)
+{
+        int64_t wait = o != NULL && o->wait_ms > 0 ? o->wait_ms : KCACHE_GET_OR_SET_WAIT_MS;
+        int64_t ms = wait > INT_MAX - 1000 ? INT_MAX : wait + 1000;
+
+        return ms > kc->timeout_ms ? (int)ms : kc->timeout_ms;
+}
+
+/* A lease token: a non-empty string without NUL bytes, so that it survives
+ * the round trip through a C string. KCACHE_E_PROTOCOL for anything else. */
+static int
+kc_copy_token(struct kcache *kc, const msgpack_object *o, char **token)
+{
+        const char *p;
+        size_t n;
+
+        if (!rpc_obj_bytes(o, &p, &n) || n == 0 || memchr(p, '\0', n) != NULL)
+                return KCACHE_E_PROTOCOL;
+        *token = kc_strndup(p, n);
+        if (*token == NULL) {
+                kc_seterr(kc, "out of memory for a lease token");
+                return KCACHE_E_NOMEM;
+        }
+        return KCACHE_OK;
+}
+
+KCACHE_API int
+kcache_get_or_set_begin(struct kcache *kc, const void *key, size_t klen,
+                        const struct kcache_call_opts *o, void **val, size_t *len, char **token,
+                        int *is_stale)
+{
+        struct kc_call c = {.method = RPC_M_get_or_set, .is_close_on_timeout = true};
+        const msgpack_object *res, *value_o, *lease_o, *stale_o;
+        char *tok = NULL;
+        void *v = NULL;
+        size_t vlen = 0;
+        unsigned mask;
+        bool has_stale = false;
+        int r;
+
+        KC_ENTER(kc);
+        if (val == NULL || len == NULL || token == NULL) {
+                kc_seterr(kc, "get_or_set: val, len and token are required");
+                return KCACHE_E_ARG;
+        }
+        r = kc_check_bytes(kc, key, klen, "key");
+        if (r == KCACHE_OK)
+                r = kc_opts_prepare(kc, &c, o, &mask);
+        if (r == KCACHE_OK)
+                r = kc_pack_one_key(kc, key, klen, o, mask);
+        if (r != KCACHE_OK)
+                return r;
+        c.timeout_ms = kc_get_or_set_timeout_ms(kc, o);
+        r = kc_run(kc, &c, &res);
+        if (r != KCACHE_OK)
+                return r;
+        if (res->type != MSGPACK_OBJECT_MAP)
+                goto bad;
+        value_o = kc_map_get(res, "value");
+        lease_o = kc_map_get(res, "lease");
+        stale_o = kc_map_get(res, "stale");
+        if (stale_o != NULL) {
+                if (stale_o->type != MSGPACK_OBJECT_BOOLEAN)
+                        goto bad;
+                has_stale = stale_o->via.boolean;
+        }
+        if (lease_o == NULL && value_o == NULL)
+                goto bad;
+        if (lease_o != NULL) {
+                r = kc_copy_token(kc, lease_o, &tok);
+                if (r == KCACHE_E_PROTOCOL)
+                        goto bad;
+                if (r != KCACHE_OK)
+                        goto out;
+        }
+        if (value_o != NULL) {
+                r = kc_copy_value(kc, value_o, &v, &vlen);
+                if (r == KCACHE_E_PROTOCOL)
+                        goto bad;
+                if (r != KCACHE_OK)
+                        goto out;
+        }
+        *val = v;
+        *len = vlen;
+        *token = tok;
+        /* with a lease, a value can only be a stale one */
+        if (is_stale != NULL)
+                *is_stale = (tok != NULL && v != NULL) || has_stale;
+        v = NULL;
+        tok = NULL;
+        r = *token != NULL ? KCACHE_LEASE : KCACHE_OK;
+        goto out;
+bad:
+        r = kc_bad_result(kc, &c, "{value}, {lease} or {value, stale, lease} (a non-empty token)");
+out:
+        free(tok);
+        free(v);
+        kc_call_end(kc, &c);
+        return kc_leave(kc, r);
+}
+
+KCACHE_API int
+kcache_fill(struct kcache *kc, const void *key, size_t klen, const char *token, const void *val,
+            size_t len, const struct kcache_call_opts *o)
+{
+        struct kc_call c = {.method = RPC_M_fill};
+        msgpack_packer pk;
+        unsigned mask;
+        int r;
+
+        KC_ENTER(kc);
+        r = kc_check_bytes(kc, key, klen, "key");
+        if (r == KCACHE_OK)
+                r = kc_check_str(kc, token, "lease token");
+        if (r == KCACHE_OK)
+                r = kc_check_bytes(kc, val, len, "value");
+        if (r == KCACHE_OK)
+                r = kc_opts_prepare(kc, &c, o, &mask);
+        if (r != KCACHE_OK)
+                return r;
+        kc_params_start(kc, &pk);
+        if (msgpack_pack_array(&pk, mask ? 4 : 3) || rpc_pack_bin(&pk, key, klen) ||
+            rpc_pack_str(&pk, token) || rpc_pack_bin(&pk, val, len) || kc_pack_opts(&pk, o, mask))
+                return kc_pack_nomem(kc);
+        return kc_leave(kc, kc_true_result(kc, &c));
+}
+
+KCACHE_API int
+kcache_release(struct kcache *kc, const void *key, size_t klen, const char *token,
+               const struct kcache_call_opts *o, int *was_held)
+{
+        struct kc_call c = {.method = RPC_M_release};
+        msgpack_packer pk;
+        unsigned mask;
+        int r;
+
+        KC_ENTER(kc);
+        r = kc_check_bytes(kc, key, klen, "key");
+        if (r == KCACHE_OK)
+                r = kc_check_str(kc, token, "lease token");
+        if (r == KCACHE_OK)
+                r = kc_opts_prepare(kc, &c, o, &mask);
+        if (r != KCACHE_OK)
+                return r;
+        kc_params_start(kc, &pk);
+        if (msgpack_pack_array(&pk, mask ? 3 : 2) || rpc_pack_bin(&pk, key, klen) ||
+            rpc_pack_str(&pk, token) || kc_pack_opts(&pk, o, mask))
+                return kc_pack_nomem(kc);
+        return kc_leave(kc, kc_bool_result(kc, &c, was_held));
+}
+
+/* Gives a loaded value the NUL the library's values carry. */
+static int
+kc_terminate_value(struct kcache *kc, void **val, size_t len)
+{
+        char *p;
+
+        if (len == SIZE_MAX) {
+                kc_seterr(kc, "get_or_set: the loaded value is too large");
+                return KCACHE_E_ARG;
+        }
+        p = realloc(*val, len + 1);
+        if (p == NULL) {
+                kc_seterr(kc, "out of memory for a %zu byte value", len);
+                return KCACHE_E_NOMEM;
+        }
+        p[len] = '\0';
+        *val = p;
+        return KCACHE_OK;
+}
+
+KCACHE_API int
+kcache_get_or_set(struct kcache *kc, const void *key, size_t klen, const struct kcache_call_opts *o,
+                  kcache_loader_fn loader, void *loader_priv, void **val, size_t *len)
+{
+        char *token = NULL;
+        void *v = NULL;
+        size_t vlen = 0;
+        int r, lr;
+
+        KC_ENTER(kc);
+        if (loader == NULL || val == NULL || len == NULL) {
+                kc_seterr(kc, "get_or_set: loader, val and len are required");
+                return KCACHE_E_ARG;
+        }
+        r = kcache_get_or_set_begin(kc, key, klen, o, &v, &vlen, &token, NULL);
+        if (r == KCACHE_OK) {
+                *val = v;
+                *len = vlen;
+                return KCACHE_OK;
+        }
+        if (r != KCACHE_LEASE)
+                return r;
+        /* We hold the lease: a stale value would only be what we replace. */
+        free(v);
+        v = NULL;
+        vlen = 0;
+        lr = loader(loader_priv, key, klen, &v, &vlen);
+        if (lr != 0) {
+                kc_seterr(kc, "get_or_set: the loader failed (returned %d)", lr);
+                r = KCACHE_E_LOADER;
+        } else if (v == NULL && vlen > 0) {
+                kc_seterr(kc, "get_or_set: the loader returned a length without a value");
+                r = KCACHE_E_LOADER;
+        } else {
+                r = kc_terminate_value(kc, &v, vlen);
+        }
+        if (r != KCACHE_OK) {
+                char why[KC_ERR_MAX];
+
+                /* Let a waiter have the lease now rather than after lease_ms.
+                 * Its outcome does not change ours. */
+                memcpy(why, kc->err, sizeof(why));
+                kcache_release(kc, key, klen, token, o, NULL);
+                memcpy(kc->err, why, sizeof(why));
+                free(token);
+                free(v);
+                return r;
+        }
+        /* The caller gets its value even if kcached refuses to store it
+         * (LEASE_INVALID: a write raced with the load) or cannot. */
+        kcache_fill(kc, key, klen, token, v, vlen, o);
+        free(token);
+        *val = v;
+        *len = vlen;
+        return kc_leave(kc, KCACHE_OK);
+}
+
+/* --- raw calls ---------------------------------------------------------- */
+
+KCACHE_API int
+kcache_call_raw(struct kcache *kc, const char *method, const void *params_msgpack, size_t n,
+                void **result_msgpack, size_t *rn)
+{
+        struct kc_call c = {.method = RPC_M_ping};
+        const msgpack_object *res;
+        msgpack_unpacked up;
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        size_t off = 0;
+        int r, mid;
+
+        KC_ENTER(kc);
+        if (method == NULL || method[0] == '\0' || params_msgpack == NULL ||
+            result_msgpack == NULL || rn == NULL) {
+                kc_seterr(kc, "call_raw: method, params and result are required");
+                return KCACHE_E_ARG;
+        }
+        /* The params go on the wire as they are: anything but one whole
+         * array would desynchronise the stream, not just fail this call. */
+        msgpack_unpacked_init(&up);
+        r = msgpack_unpack_next(&up, params_msgpack, n, &off);
+        if (r != MSGPACK_UNPACK_SUCCESS || off != n || up.data.type != MSGPACK_OBJECT_ARRAY) {
+                msgpack_unpacked_destroy(&up);
+                kc_seterr(kc, "call_raw: the params are not one msgpack array");
+                return r == MSGPACK_UNPACK_NOMEM_ERROR ? KCACHE_E_NOMEM : KCACHE_E_ARG;
+        }
+        msgpack_unpacked_destroy(&up);
+        mid = rpc_method_find(method, strlen(method));
+        c.raw_name = method;
+        c.is_raw_read = mid >= 0 && (rpc_methods[mid].flags & (KC_M_READ | KC_M_LOCAL)) != 0;
+        buf_clear(&kc->params);
+        if (buf_append(&kc->params, params_msgpack, n) < 0)
+                return kc_pack_nomem(kc);
+        r = kc_run(kc, &c, &res);
+        if (r != KCACHE_OK)
+                return r;
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        if (msgpack_pack_object(&pk, *res) != 0) {
+                msgpack_sbuffer_destroy(&sb);
+                kc_seterr(kc, "out of memory for the result");
+                r = KCACHE_E_NOMEM;
+        } else {
+                *rn = sb.size;
+                *result_msgpack = msgpack_sbuffer_release(&sb);
+        }
+        kc_call_end(kc, &c);
+        return kc_leave(kc, r);
 }

@@ -214,11 +214,13 @@ fake_act(struct fake_conn *c, uint32_t msgid)
         case ACT_REPLY:
         case ACT_REPLY_CLOSE:
         case ACT_REPLY_SHUT:
-                fake_send_reply(c, msgid, &a, data);
+                /* Shut before replying: once the client has its reply it
+                 * may send at once, and that send must meet the shutdown. */
                 if (a.kind == ACT_REPLY_SHUT) {
                         shutdown(c->fd, SHUT_RD);
                         c->is_shut = true;
                 }
+                fake_send_reply(c, msgid, &a, data);
                 if (a.kind == ACT_REPLY_CLOSE) {
                         int id = c->id;
 
@@ -605,9 +607,15 @@ params_n(const struct report *r, const char *method, uint32_t n)
                r->params->via.array.size == n;
 }
 
+/* The i-th param; a nil past the end, so that a failed check cannot read
+ * out of bounds. */
 static const msgpack_object *
 param(const struct report *r, uint32_t i)
 {
+        static const msgpack_object nil = {.type = MSGPACK_OBJECT_NIL};
+
+        if (r->params == NULL || i >= r->params->via.array.size)
+                return &nil;
         return &r->params->via.array.ptr[i];
 }
 
@@ -1210,6 +1218,610 @@ test_fork(void)
         kcache_free(kc);
 }
 
+/* --- options, hashes, invalidation, leases, raw calls ----------------------- */
+
+/* The value of option name in an options map, or NULL. */
+static const msgpack_object *
+opt(const msgpack_object *map, const char *name)
+{
+        if (map->type != MSGPACK_OBJECT_MAP)
+                return NULL;
+        for (uint32_t i = 0; i < map->via.map.size; i++)
+                if (is_str(&map->via.map.ptr[i].key, name))
+                        return &map->via.map.ptr[i].val;
+        return NULL;
+}
+
+static bool
+is_map_n(const msgpack_object *o, uint32_t n)
+{
+        return o->type == MSGPACK_OBJECT_MAP && o->via.map.size == n;
+}
+
+static void
+push_map_int(const char *name, int64_t v)
+{
+        struct pkbuf b;
+
+        pk_init(&b);
+        msgpack_pack_map(&b.pk, 1);
+        msgpack_pack_str_with_body(&b.pk, name, strlen(name));
+        msgpack_pack_int64(&b.pk, v);
+        push_res(&b);
+}
+
+static void
+test_opts_encoding(void)
+{
+        static const char *const keys[] = {"a", "b"};
+        static const size_t klens[] = {1, 1};
+        static const char *const vals[] = {"1", "2"};
+        static const size_t vlens[] = {1, 1};
+        static const char *const tags[] = {"t1", "t2"};
+        struct kcache *kc = new_kc(2000);
+        struct kcache_call_opts o = {
+                .ns = "users",
+                .schema = "v2",
+                .schema_len = 2,
+                .ttl_ms = 1500,
+                .stale_ttl_ms = 30000,
+                .tags = tags,
+                .n_tags = 2,
+                .consistency = "primary",
+        };
+        struct kcache_value out[2] = {{0}};
+        const msgpack_object *m, *t;
+        struct report r;
+        struct pkbuf b;
+        void *v = NULL;
+        size_t len;
+        int64_t n;
+        int existed;
+
+        /* get takes ns, schema and consistency; the ttls and tags stay home */
+        push_bin("x");
+        CHECK(kcache_get_ex(kc, "k", 1, &o, &v, &len) == KCACHE_OK);
+        free(v);
+        CHECK(report_read(&r) && params_n(&r, "get", 2) && is_bin(param(&r, 0), "k"));
+        m = param(&r, 1);
+        CHECK(is_map_n(m, 3) && opt(m, "ns") && is_str(opt(m, "ns"), "users") && opt(m, "schema") &&
+              is_bin(opt(m, "schema"), "v2") && opt(m, "consistency") &&
+              is_str(opt(m, "consistency"), "primary"));
+        report_done(&r);
+
+        /* set takes the ttls, ns, schema and tags, not consistency */
+        push_true();
+        CHECK(kcache_set_ex(kc, "k", 1, "val", 3, &o) == KCACHE_OK);
+        CHECK(report_read(&r) && params_n(&r, "set", 3) && is_bin(param(&r, 1), "val"));
+        m = param(&r, 2);
+        CHECK(is_map_n(m, 5) && opt(m, "ttl_ms") && is_int(opt(m, "ttl_ms"), 1500) &&
+              opt(m, "stale_ttl_ms") && is_int(opt(m, "stale_ttl_ms"), 30000) && opt(m, "ns") &&
+              opt(m, "schema") && !opt(m, "consistency") && !opt(m, "ttl"));
+        t = opt(m, "tags");
+        CHECK(t && t->type == MSGPACK_OBJECT_ARRAY && t->via.array.size == 2 &&
+              is_str(&t->via.array.ptr[0], "t1") && is_str(&t->via.array.ptr[1], "t2"));
+        report_done(&r);
+
+        /* seconds are sent as "ttl" and "stale_ttl" */
+        push_true();
+        CHECK(kcache_set_ex(kc, "k", 1, "v", 1,
+                            &(struct kcache_call_opts){.ttl_s = 7, .stale_ttl_s = 9}) == KCACHE_OK);
+        CHECK(report_read(&r) && params_n(&r, "set", 3));
+        m = param(&r, 2);
+        CHECK(is_map_n(m, 2) && opt(m, "ttl") && is_int(opt(m, "ttl"), 7) && opt(m, "stale_ttl") &&
+              is_int(opt(m, "stale_ttl"), 9));
+        report_done(&r);
+
+        /* nothing set: the request looks as without options */
+        push_true();
+        CHECK(kcache_set_ex(kc, "k", 1, "v", 1, &(struct kcache_call_opts){0}) == KCACHE_OK);
+        CHECK(report_read(&r) && params_n(&r, "set", 2));
+        report_done(&r);
+
+        /* del, exists, ttl, expire: ns only */
+        push_int(1);
+        CHECK(kcache_del_ex(kc, 2, (const void *const *)keys, klens, &o, &n) == KCACHE_OK);
+        CHECK(report_read(&r) && params_n(&r, "del", 2) && is_map_n(param(&r, 1), 1) &&
+              opt(param(&r, 1), "ns"));
+        report_done(&r);
+        push_int(2);
+        CHECK(kcache_exists_ex(kc, 2, (const void *const *)keys, klens, &o, &n) == KCACHE_OK &&
+              n == 2);
+        CHECK(report_read(&r) && params_n(&r, "exists", 2) && is_map_n(param(&r, 1), 2) &&
+              opt(param(&r, 1), "ns") && opt(param(&r, 1), "consistency"));
+        report_done(&r);
+        push_int(42);
+        CHECK(kcache_ttl_ex(kc, "k", 1, &o, &n) == KCACHE_OK && n == 42);
+        CHECK(report_read(&r) && params_n(&r, "ttl", 2) && is_map_n(param(&r, 1), 2));
+        report_done(&r);
+        push_true();
+        CHECK(kcache_expire_ex(kc, "k", 1, 10, &o, &existed) == KCACHE_OK && existed == 1);
+        CHECK(report_read(&r) && params_n(&r, "expire", 3) && is_int(param(&r, 1), 10) &&
+              is_map_n(param(&r, 2), 1) && opt(param(&r, 2), "ns"));
+        report_done(&r);
+
+        /* mget: ns, schema, consistency; mset: the write set */
+        pk_init(&b);
+        msgpack_pack_array(&b.pk, 2);
+        msgpack_pack_nil(&b.pk);
+        msgpack_pack_bin_with_body(&b.pk, "B", 1);
+        push_res(&b);
+        CHECK(kcache_mget_ex(kc, 2, (const void *const *)keys, klens, &o, out) == KCACHE_OK);
+        CHECK(out[0].data == NULL && out[1].data && strcmp(out[1].data, "B") == 0);
+        kcache_values_free(out, 2);
+        CHECK(report_read(&r) && params_n(&r, "mget", 2) && is_map_n(param(&r, 1), 3));
+        report_done(&r);
+        push_true();
+        CHECK(kcache_mset_ex(kc, 2, (const void *const *)keys, klens, (const void *const *)vals,
+                             vlens, &o) == KCACHE_OK);
+        CHECK(report_read(&r) && params_n(&r, "mset", 2) && is_map_n(param(&r, 0), 2) &&
+              is_map_n(param(&r, 1), 5) && opt(param(&r, 1), "tags"));
+        report_done(&r);
+
+        /* caught before anything is sent */
+        CHECK(kcache_set_ex(kc, "k", 1, "v", 1,
+                            &(struct kcache_call_opts){.ttl_s = 1, .ttl_ms = 1000}) ==
+              KCACHE_E_ARG);
+        CHECK(kcache_set_ex(kc, "k", 1, "v", 1, &(struct kcache_call_opts){.ttl_ms = -1}) ==
+              KCACHE_E_ARG);
+        CHECK(kcache_get_ex(kc, "k", 1, &(struct kcache_call_opts){.schema_len = 3}, &v, &len) ==
+              KCACHE_E_ARG);
+        CHECK(kcache_set_ex(kc, "k", 1, "v", 1, &(struct kcache_call_opts){.n_tags = 1}) ==
+              KCACHE_E_ARG);
+        CHECK(kcache_set_ex(kc, "k", 1, "v", 1,
+                            &(struct kcache_call_opts){.tags = (const char *const[]){NULL},
+                                                       .n_tags = 1}) == KCACHE_E_ARG);
+        CHECK(strstr(kcache_strerror(kc), "tag") != NULL);
+        CHECK(ping_conn(kc) > 0); /* and nothing of them reached the fake */
+        kcache_free(kc);
+}
+
+static void
+test_hashes(void)
+{
+        static const char *const fields[] = {"f1", "f2"};
+        static const size_t flens[] = {2, 2};
+        static const char *const vals[] = {"v1", "v2"};
+        static const size_t vlens[] = {2, 2};
+        const struct kcache_call_opts o = {.ns = "n", .ttl_ms = 500, .consistency = "primary"};
+        struct kcache *kc = new_kc(2000);
+        struct kcache_value *f = NULL, *vv = NULL;
+        struct report r;
+        struct pkbuf b;
+        void *v = NULL;
+        size_t len, n = 99;
+        int64_t removed;
+
+        push_bin("hv");
+        CHECK(kcache_hget(kc, "h", 1, "f", 1, &o, &v, &len) == KCACHE_OK);
+        CHECK(v && len == 2 && strcmp(v, "hv") == 0);
+        free(v);
+        CHECK(report_read(&r) && params_n(&r, "hget", 3) && is_bin(param(&r, 0), "h") &&
+              is_bin(param(&r, 1), "f") && is_map_n(param(&r, 2), 2) &&
+              opt(param(&r, 2), "consistency") && !opt(param(&r, 2), "ttl_ms"));
+        report_done(&r);
+        push_nil();
+        CHECK(kcache_hget(kc, "h", 1, "f", 1, NULL, &v, &len) == KCACHE_MISS && v == NULL);
+        CHECK(report_read(&r) && params_n(&r, "hget", 2));
+        report_done(&r);
+
+        push_true();
+        CHECK(kcache_hset(kc, "h", 1, 2, (const void *const *)fields, flens,
+                          (const void *const *)vals, vlens, &o) == KCACHE_OK);
+        CHECK(report_read(&r) && params_n(&r, "hset", 3) && is_map_n(param(&r, 1), 2) &&
+              is_bin(&param(&r, 1)->via.map.ptr[1].key, "f2") &&
+              is_bin(&param(&r, 1)->via.map.ptr[1].val, "v2") && is_map_n(param(&r, 2), 2) &&
+              opt(param(&r, 2), "ttl_ms") && is_int(opt(param(&r, 2), "ttl_ms"), 500));
+        report_done(&r);
+        CHECK(kcache_hset(kc, "h", 1, 0, NULL, NULL, NULL, NULL, NULL) == KCACHE_OK);
+
+        push_int(1);
+        CHECK(kcache_hdel(kc, "h", 1, 2, (const void *const *)fields, flens, NULL, &removed) ==
+                      KCACHE_OK &&
+              removed == 1);
+        CHECK(report_read(&r) && params_n(&r, "hdel", 2) &&
+              param(&r, 1)->type == MSGPACK_OBJECT_ARRAY && param(&r, 1)->via.array.size == 2);
+        report_done(&r);
+
+        pk_init(&b);
+        msgpack_pack_map(&b.pk, 2);
+        msgpack_pack_bin_with_body(&b.pk, "f1", 2);
+        msgpack_pack_bin_with_body(&b.pk, "v1", 2);
+        msgpack_pack_str_with_body(&b.pk, "f2", 2);
+        msgpack_pack_bin_with_body(&b.pk, "", 0);
+        push_res(&b);
+        CHECK(kcache_hgetall(kc, "h", 1, &o, &f, &vv, &n) == KCACHE_OK && n == 2);
+        CHECK(f && vv && strcmp(f[0].data, "f1") == 0 && strcmp(vv[0].data, "v1") == 0 &&
+              f[1].len == 2 && vv[1].len == 0 && vv[1].data != NULL);
+        kcache_hash_free(f, vv, n);
+        CHECK(report_read(&r) && params_n(&r, "hgetall", 2));
+        report_done(&r);
+
+        pk_init(&b);
+        msgpack_pack_map(&b.pk, 0);
+        push_res(&b);
+        CHECK(kcache_hgetall(kc, "h", 1, NULL, &f, &vv, &n) == KCACHE_OK && n == 0 && f == NULL &&
+              vv == NULL);
+        CHECK(report_read(&r));
+        report_done(&r);
+
+        pk_init(&b); /* a nil value is not a field */
+        msgpack_pack_map(&b.pk, 1);
+        msgpack_pack_bin_with_body(&b.pk, "f1", 2);
+        msgpack_pack_nil(&b.pk);
+        push_res(&b);
+        n = 77;
+        CHECK(kcache_hgetall(kc, "h", 1, NULL, &f, &vv, &n) == KCACHE_E_PROTOCOL && n == 77);
+        CHECK(report_read(&r));
+        report_done(&r);
+        kcache_free(kc);
+}
+
+static void
+test_invalidate(void)
+{
+        static const char *const keys[] = {"a", "b"};
+        static const size_t klens[] = {1, 1};
+        static const char *const tags[] = {"t"};
+        const struct kcache_call_opts o = {.ns = "n", .schema = "s", .schema_len = 1};
+        struct kcache *kc = new_kc(2000);
+        const msgpack_object *sel;
+        struct report r;
+        int64_t n = 0;
+
+        push_map_int("deleted", 2);
+        CHECK(kcache_invalidate_keys(kc, 2, (const void *const *)keys, klens, &o, &n) ==
+                      KCACHE_OK &&
+              n == 2);
+        CHECK(report_read(&r) && params_n(&r, "invalidate", 2) && is_map_n(param(&r, 0), 1));
+        sel = opt(param(&r, 0), "keys");
+        CHECK(sel && sel->type == MSGPACK_OBJECT_ARRAY && sel->via.array.size == 2 &&
+              is_bin(&sel->via.array.ptr[1], "b"));
+        CHECK(is_map_n(param(&r, 1), 1) && opt(param(&r, 1), "ns")); /* no schema */
+        report_done(&r);
+
+        push_map_int("deleted", 5);
+        CHECK(kcache_invalidate_pattern(kc, "user:*", NULL, &n) == KCACHE_OK && n == 5);
+        CHECK(report_read(&r) && params_n(&r, "invalidate", 1) && opt(param(&r, 0), "pattern") &&
+              is_str(opt(param(&r, 0), "pattern"), "user:*"));
+        report_done(&r);
+
+        push_map_int("deleted", 3);
+        CHECK(kcache_invalidate_tags(kc, 1, tags, &n) == KCACHE_OK && n == 3);
+        CHECK(report_read(&r) && params_n(&r, "invalidate", 1) && opt(param(&r, 0), "tags") &&
+              opt(param(&r, 0), "tags")->via.array.size == 1);
+        report_done(&r);
+
+        push_map_int("generation", 1700000000123);
+        CHECK(kcache_invalidate_namespace(kc, "n", &n) == KCACHE_OK && n == 1700000000123);
+        CHECK(report_read(&r) && params_n(&r, "invalidate", 1) && opt(param(&r, 0), "namespace") &&
+              is_str(opt(param(&r, 0), "namespace"), "n"));
+        report_done(&r);
+
+        push_map_int("generation", 1); /* the wrong key for a keys selector */
+        CHECK(kcache_invalidate_keys(kc, 1, (const void *const *)keys, klens, NULL, &n) ==
+              KCACHE_E_PROTOCOL);
+        CHECK(report_read(&r));
+        report_done(&r);
+
+        CHECK(kcache_invalidate_namespace(kc, NULL, &n) == KCACHE_E_ARG);
+        CHECK(kcache_invalidate_keys(kc, 0, NULL, NULL, NULL, &n) == KCACHE_OK && n == 0);
+        kcache_free(kc);
+}
+
+/* {"value": v} / {"lease": t} / {"value": v, "stale": true, "lease": t} */
+static void
+push_gos(const char *value, const char *lease, bool is_stale)
+{
+        struct pkbuf b;
+
+        pk_init(&b);
+        msgpack_pack_map(&b.pk, (value != NULL) + (lease != NULL) + is_stale);
+        if (value != NULL) {
+                msgpack_pack_str_with_body(&b.pk, "value", 5);
+                msgpack_pack_bin_with_body(&b.pk, value, strlen(value));
+        }
+        if (is_stale) {
+                msgpack_pack_str_with_body(&b.pk, "stale", 5);
+                msgpack_pack_true(&b.pk);
+        }
+        if (lease != NULL) {
+                msgpack_pack_str_with_body(&b.pk, "lease", 5);
+                msgpack_pack_str_with_body(&b.pk, lease, strlen(lease));
+        }
+        push_res(&b);
+}
+
+static void
+test_leases(void)
+{
+        const struct kcache_call_opts o = {.ns = "n",
+                                           .field = "f",
+                                           .field_len = 1,
+                                           .lease_ms = 2000,
+                                           .wait_ms = 300,
+                                           .ttl_ms = 60000,
+                                           .tags = (const char *const[]){"t"},
+                                           .n_tags = 1};
+        struct kcache *kc = new_kc(2000);
+        char *token = NULL;
+        struct report r;
+        struct pkbuf b;
+        void *v = NULL;
+        size_t len = 0;
+        int is_stale = -1, held = -1;
+
+        push_gos("cached", NULL, false);
+        CHECK(kcache_get_or_set_begin(kc, "k", 1, &o, &v, &len, &token, &is_stale) == KCACHE_OK);
+        CHECK(v && strcmp(v, "cached") == 0 && token == NULL && is_stale == 0);
+        free(v);
+        CHECK(report_read(&r) && params_n(&r, "get_or_set", 2) && is_map_n(param(&r, 1), 4) &&
+              opt(param(&r, 1), "lease_ms") && is_int(opt(param(&r, 1), "lease_ms"), 2000) &&
+              opt(param(&r, 1), "wait_ms") && is_bin(opt(param(&r, 1), "field"), "f") &&
+              !opt(param(&r, 1), "ttl_ms") && !opt(param(&r, 1), "tags"));
+        report_done(&r);
+
+        push_gos(NULL, "tok-1", false);
+        CHECK(kcache_get_or_set_begin(kc, "k", 1, NULL, &v, &len, &token, &is_stale) ==
+              KCACHE_LEASE);
+        CHECK(token && strcmp(token, "tok-1") == 0 && v == NULL && len == 0 && is_stale == 0);
+        CHECK(strcmp(kcache_strerror(kc), "") == 0);
+        free(token);
+        CHECK(report_read(&r) && params_n(&r, "get_or_set", 1));
+        report_done(&r);
+
+        push_gos("old", "tok-2", true);
+        CHECK(kcache_get_or_set_begin(kc, "k", 1, NULL, &v, &len, &token, &is_stale) ==
+              KCACHE_LEASE);
+        CHECK(token && strcmp(token, "tok-2") == 0 && v && strcmp(v, "old") == 0 && is_stale == 1);
+        free(token);
+        free(v);
+        CHECK(report_read(&r));
+        report_done(&r);
+
+        /* while another caller refreshes it, a stale value is served as it is */
+        push_gos("old", NULL, true);
+        CHECK(kcache_get_or_set_begin(kc, "k", 1, NULL, &v, &len, &token, &is_stale) == KCACHE_OK);
+        CHECK(token == NULL && v && strcmp(v, "old") == 0 && is_stale == 1);
+        free(v);
+        CHECK(report_read(&r));
+        report_done(&r);
+
+        push_gos(NULL, NULL, false); /* {} */
+        CHECK(kcache_get_or_set_begin(kc, "k", 1, NULL, &v, &len, &token, NULL) ==
+              KCACHE_E_PROTOCOL);
+        CHECK(report_read(&r));
+        report_done(&r);
+        push_gos(NULL, "", false); /* an empty token */
+        CHECK(kcache_get_or_set_begin(kc, "k", 1, NULL, &v, &len, &token, NULL) ==
+              KCACHE_E_PROTOCOL);
+        CHECK(report_read(&r));
+        report_done(&r);
+
+        /* fill: [key, token, value, opts] with the write options and field */
+        push_true();
+        CHECK(kcache_fill(kc, "k", 1, "tok-1", "new", 3, &o) == KCACHE_OK);
+        CHECK(report_read(&r) && params_n(&r, "fill", 4) && is_bin(param(&r, 0), "k") &&
+              is_str(param(&r, 1), "tok-1") && is_bin(param(&r, 2), "new") &&
+              is_map_n(param(&r, 3), 4) && opt(param(&r, 3), "ttl_ms") &&
+              opt(param(&r, 3), "tags") && opt(param(&r, 3), "field") &&
+              !opt(param(&r, 3), "lease_ms"));
+        report_done(&r);
+
+        /* LEASE_INVALID maps to its own code and keeps the connection */
+        push_error("LEASE_INVALID", "the lease was revoked by a write");
+        CHECK(kcache_fill(kc, "k", 1, "tok-1", "new", 3, NULL) == KCACHE_E_LEASE_INVALID);
+        CHECK(strstr(kcache_strerror(kc), "revoked") != NULL);
+        CHECK(strcmp(kcache_code_name(KCACHE_E_LEASE_INVALID), "LEASE_INVALID") == 0);
+        CHECK(strcmp(kcache_code_name(KCACHE_LEASE), "LEASE") == 0);
+        CHECK(strcmp(kcache_code_name(KCACHE_E_LOADER), "LOADER") == 0);
+        CHECK(report_read(&r));
+        CHECK(ping_conn(kc) == r.conn_id);
+        report_done(&r);
+
+        pk_init(&b);
+        msgpack_pack_false(&b.pk);
+        push_res(&b);
+        CHECK(kcache_release(kc, "k", 1, "tok-1", &o, &held) == KCACHE_OK && held == 0);
+        CHECK(report_read(&r) && params_n(&r, "release", 3) && is_str(param(&r, 1), "tok-1") &&
+              is_map_n(param(&r, 2), 2) && opt(param(&r, 2), "ns") && opt(param(&r, 2), "field"));
+        report_done(&r);
+
+        CHECK(kcache_fill(kc, "k", 1, NULL, "v", 1, NULL) == KCACHE_E_ARG);
+        CHECK(kcache_get_or_set_begin(kc, "k", 1, NULL, &v, &len, NULL, NULL) == KCACHE_E_ARG);
+        kcache_free(kc);
+}
+
+struct loader {
+        int n_calls;
+        int rc;
+        const char *value; /* copied into the result */
+        char key[16];
+};
+
+static int
+test_loader(void *priv, const void *key, size_t klen, void **val, size_t *len)
+{
+        struct loader *l = priv;
+
+        l->n_calls++;
+        snprintf(l->key, sizeof(l->key), "%.*s", (int)klen, (const char *)key);
+        if (l->rc != 0)
+                return l->rc;
+        *len = strlen(l->value);
+        *val = malloc(*len); /* not NUL-terminated: the library adds it */
+        memcpy(*val, l->value, *len);
+        return 0;
+}
+
+static void
+test_get_or_set_wrapper(void)
+{
+        const struct kcache_call_opts o = {.ns = "n", .ttl_ms = 1000};
+        struct kcache *kc = new_kc(2000);
+        struct loader l = {.value = "loaded"};
+        struct report r1, r2;
+        void *v = NULL;
+        size_t len = 0;
+
+        /* a hit: no loader */
+        push_gos("cached", NULL, false);
+        CHECK(kcache_get_or_set(kc, "k", 1, &o, test_loader, &l, &v, &len) == KCACHE_OK);
+        CHECK(v && strcmp(v, "cached") == 0 && l.n_calls == 0);
+        free(v);
+        CHECK(report_read(&r1));
+        report_done(&r1);
+
+        /* a lease: load, fill with the token, return the value */
+        push_gos(NULL, "T1", false);
+        push_true();
+        CHECK(kcache_get_or_set(kc, "key1", 4, &o, test_loader, &l, &v, &len) == KCACHE_OK);
+        CHECK(v && len == 6 && memcmp(v, "loaded", 7) == 0 && l.n_calls == 1 &&
+              strcmp(l.key, "key1") == 0);
+        free(v);
+        CHECK(report_read(&r1) && params_n(&r1, "get_or_set", 2));
+        CHECK(report_read(&r2) && params_n(&r2, "fill", 4) && is_bin(param(&r2, 0), "key1") &&
+              is_str(param(&r2, 1), "T1") && is_bin(param(&r2, 2), "loaded") &&
+              opt(param(&r2, 3), "ttl_ms") && opt(param(&r2, 3), "ns"));
+        report_done(&r1);
+        report_done(&r2);
+
+        /* a stale value with the lease is replaced by the loaded one; a fill
+         * refused (a write raced) still returns the loaded value */
+        push_gos("stale", "T2", true);
+        push_error("LEASE_INVALID", "revoked");
+        CHECK(kcache_get_or_set(kc, "k", 1, NULL, test_loader, &l, &v, &len) == KCACHE_OK);
+        CHECK(v && strcmp(v, "loaded") == 0 && l.n_calls == 2);
+        CHECK(strcmp(kcache_strerror(kc), "") == 0);
+        free(v);
+        CHECK(report_read(&r1) && report_read(&r2) && params_n(&r2, "fill", 3));
+        report_done(&r1);
+        report_done(&r2);
+
+        /* the loader fails: release, KCACHE_E_LOADER with its code */
+        l.rc = 7;
+        push_gos(NULL, "T3", false);
+        push_true();
+        v = NULL;
+        CHECK(kcache_get_or_set(kc, "k", 1, &o, test_loader, &l, &v, &len) == KCACHE_E_LOADER);
+        CHECK(v == NULL && l.n_calls == 3 && strstr(kcache_strerror(kc), "7") != NULL);
+        CHECK(report_read(&r1) && report_read(&r2) && params_n(&r2, "release", 3) &&
+              is_str(param(&r2, 1), "T3") && is_map_n(param(&r2, 2), 1) &&
+              opt(param(&r2, 2), "ns"));
+        report_done(&r1);
+        report_done(&r2);
+
+        /* an error of the begin: no loader */
+        push_error("UNAVAILABLE", "down");
+        CHECK(kcache_get_or_set(kc, "k", 1, NULL, test_loader, &l, &v, &len) ==
+              KCACHE_E_UNAVAILABLE);
+        CHECK(l.n_calls == 3);
+        CHECK(report_read(&r1));
+        report_done(&r1);
+        kcache_free(kc);
+}
+
+/* get_or_set's deadline covers wait_ms; when it passes, the connection goes. */
+static void
+test_get_or_set_deadline(void)
+{
+        struct kcache *kc = new_kc(100);
+        struct report r;
+        struct pkbuf b;
+        char *token = NULL;
+        void *v = NULL;
+        size_t len;
+        int conn;
+
+        /* 300 ms > the handle's 100 ms, < wait_ms 50 + 1000 */
+        pk_init(&b);
+        msgpack_pack_map(&b.pk, 1);
+        msgpack_pack_str_with_body(&b.pk, "value", 5);
+        msgpack_pack_bin_with_body(&b.pk, "w", 1);
+        push(ACT_REPLY, 300, 0, 0, NULL, &b);
+        msgpack_sbuffer_destroy(&b.sb);
+        CHECK(kcache_get_or_set_begin(kc, "k", 1, &(struct kcache_call_opts){.wait_ms = 50}, &v,
+                                      &len, &token, NULL) == KCACHE_OK);
+        free(v);
+        CHECK(report_read(&r));
+        conn = r.conn_id;
+        report_done(&r);
+
+        push_simple(ACT_NONE);
+        CHECK(kcache_get_or_set_begin(kc, "k", 1, &(struct kcache_call_opts){.wait_ms = 10}, &v,
+                                      &len, &token, NULL) == KCACHE_E_TIMEOUT);
+        CHECK(strstr(kcache_strerror(kc), "1010 ms") != NULL);
+        CHECK(report_read(&r) && r.conn_id == conn);
+        report_done(&r);
+        kcache_set_timeout(kc, 2000);
+        CHECK(ping_conn(kc) != conn); /* not kept for the late reply */
+        kcache_free(kc);
+}
+
+static void
+test_call_raw(void)
+{
+        static const char no_params[] = "\x90";
+        struct kcache *kc = new_kc(2000);
+        msgpack_unpacked up;
+        struct report r1, r2;
+        struct pkbuf b;
+        void *res = NULL;
+        size_t rn = 0, off = 0;
+        int conn;
+
+        pk_init(&b);
+        msgpack_pack_map(&b.pk, 1);
+        msgpack_pack_str_with_body(&b.pk, "totals", 6);
+        msgpack_pack_map(&b.pk, 1);
+        msgpack_pack_str_with_body(&b.pk, "hits", 4);
+        msgpack_pack_int(&b.pk, 12);
+        push_res(&b);
+        CHECK(kcache_call_raw(kc, "stats", no_params, 1, &res, &rn) == KCACHE_OK);
+        CHECK(report_read(&r1) && params_n(&r1, "stats", 0));
+        report_done(&r1);
+        msgpack_unpacked_init(&up);
+        CHECK(res && msgpack_unpack_next(&up, res, rn, &off) == MSGPACK_UNPACK_SUCCESS &&
+              off == rn && is_map_n(&up.data, 1) && opt(&up.data, "totals") &&
+              opt(opt(&up.data, "totals"), "hits") &&
+              is_int(opt(opt(&up.data, "totals"), "hits"), 12));
+        msgpack_unpacked_destroy(&up);
+        free(res);
+
+        /* not one whole array: refused before anything is sent */
+        CHECK(kcache_call_raw(kc, "stats", "\x91", 1, &res, &rn) == KCACHE_E_ARG);
+        CHECK(kcache_call_raw(kc, "stats", "\x90\x90", 2, &res, &rn) == KCACHE_E_ARG);
+        CHECK(kcache_call_raw(kc, "stats", "\x80", 1, &res, &rn) == KCACHE_E_ARG);
+        CHECK(kcache_call_raw(kc, "", no_params, 1, &res, &rn) == KCACHE_E_ARG);
+
+        /* errors map as for named calls */
+        push_error("NO_METHOD", "no such method");
+        CHECK(kcache_call_raw(kc, "frobnicate", no_params, 1, &res, &rn) == KCACHE_E_NO_METHOD);
+        CHECK(report_read(&r1) && strcmp(r1.method, "frobnicate") == 0);
+        report_done(&r1);
+
+        /* a known read is retried after a break, an unknown method is not */
+        conn = ping_conn(kc);
+        push_simple(ACT_CLOSE);
+        push_bin("again");
+        CHECK(kcache_call_raw(kc, "get", "\x91\xa1k", 3, &res, &rn) == KCACHE_OK);
+        CHECK(rn == 7 && memcmp(res,
+                                "\xc4\x05"
+                                "again",
+                                7) == 0);
+        free(res);
+        CHECK(report_read(&r1) && report_read(&r2) && r1.conn_id == conn && r2.conn_id != conn);
+        report_done(&r1);
+        report_done(&r2);
+        conn = r2.conn_id;
+        push_simple(ACT_CLOSE);
+        CHECK(kcache_call_raw(kc, "newthing", no_params, 1, &res, &rn) == KCACHE_E_IO);
+        CHECK(report_read(&r1) && r1.conn_id == conn);
+        report_done(&r1);
+        CHECK(ping_conn(kc) != conn); /* the next request is this ping: not retried */
+        kcache_free(kc);
+}
+
 int
 main(void)
 {
@@ -1234,6 +1846,13 @@ main(void)
                 {"epipe", test_epipe},
                 {"hostile_frame", test_hostile_frame},
                 {"fork", test_fork},
+                {"opts_encoding", test_opts_encoding},
+                {"hashes", test_hashes},
+                {"invalidate", test_invalidate},
+                {"leases", test_leases},
+                {"get_or_set_wrapper", test_get_or_set_wrapper},
+                {"get_or_set_deadline", test_get_or_set_deadline},
+                {"call_raw", test_call_raw},
         };
         int n_pass = 0, n_fail = 0;
 

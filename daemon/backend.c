@@ -958,7 +958,7 @@ sub_on_state(struct rconn *rc, enum rconn_event ev, const char *why)
         char hdr[32];
 
         if (ev == RCONN_EV_UP) {
-                buf_append(&b, "*2\r\n$9\r\nSUBSCRIBE\r\n", 20);
+                buf_append(&b, "*2\r\n$9\r\nSUBSCRIBE\r\n", 19);
                 buf_append(&b, hdr, (size_t)snprintf(hdr, sizeof(hdr), "$%zu\r\n", be->sub_channel_len));
                 buf_append(&b, be->sub_channel, be->sub_channel_len);
                 buf_append(&b, "\r\n", 2);
@@ -1420,4 +1420,168 @@ backend_write_json(struct backend *be, struct json *j)
                 node_write_json(be->replicas[i], j);
         json_arr_end(j);
         json_obj_end(j);
+}
+
+/* --- Prometheus (admin `metrics`) --------------------------------------------- */
+
+static void
+node_metric_labels(const struct node *n, char *labels, size_t size)
+{
+        const char *role = n->role == ROLE_PRIMARY ? "primary" : "replica";
+
+        labels[0] = '\0';
+        stats_prom_label(labels, size, "role", role, strlen(role));
+        stats_prom_label(labels, size, "addr", n->addr_str, strlen(n->addr_str));
+}
+
+/* One family over every node: value(n) for each. */
+static void
+node_metric(struct backend *be, struct stats_prom *p, const char *name, const char *type,
+            const char *help, uint64_t (*value)(const struct node *n))
+{
+        char labels[512];
+
+        stats_prom_family(p, name, type, help);
+        for (int i = -1; i < be->n_replicas; i++) {
+                const struct node *n = i < 0 ? be->primary : be->replicas[i];
+                node_metric_labels(n, labels, sizeof(labels));
+                stats_prom_u64(p, name, labels, value(n));
+        }
+}
+
+static uint64_t
+node_m_up(const struct node *n)
+{
+        return node_usable(n);
+}
+
+static uint64_t
+node_m_rotation(const struct node *n)
+{
+        return node_in_rotation(n);
+}
+
+static uint64_t
+node_m_connected(const struct node *n)
+{
+        return (uint64_t)node_n_up(n);
+}
+
+static uint64_t
+node_m_pool(const struct node *n)
+{
+        return (uint64_t)n->n_conns;
+}
+
+static uint64_t
+node_m_inflight(const struct node *n)
+{
+        return node_inflight(n);
+}
+
+static uint64_t
+node_m_requests(const struct node *n)
+{
+        return n->requests;
+}
+
+static uint64_t
+node_m_replies(const struct node *n)
+{
+        return n->replies;
+}
+
+static uint64_t
+node_m_timeouts(const struct node *n)
+{
+        return n->timeouts;
+}
+
+static uint64_t
+node_m_probes(const struct node *n)
+{
+        return n->probes;
+}
+
+static uint64_t
+node_m_probe_failures(const struct node *n)
+{
+        return n->probe_failures;
+}
+
+static uint64_t
+node_m_state_changes(const struct node *n)
+{
+        return n->state_changes;
+}
+
+void
+backend_write_metrics(struct backend *be, struct stats_prom *p)
+{
+        char labels[512];
+
+        node_metric(be, p, "kcache_redis_node_up", "gauge",
+                    "1 if the node accepts commands now (healthy, connected), else 0", node_m_up);
+        node_metric(be, p, "kcache_redis_node_in_rotation", "gauge",
+                    "1 if reads may go to the node now (up, not lagging, not saturated)",
+                    node_m_rotation);
+        node_metric(be, p, "kcache_redis_node_connections", "gauge",
+                    "pool connections to the node that are up", node_m_connected);
+        node_metric(be, p, "kcache_redis_node_pool_size", "gauge",
+                    "pool connections kcached keeps to the node", node_m_pool);
+        node_metric(be, p, "kcache_redis_node_inflight", "gauge",
+                    "commands sent to the node and not answered yet", node_m_inflight);
+        node_metric(be, p, "kcache_redis_node_requests_total", "counter",
+                    "commands sent to the node", node_m_requests);
+        node_metric(be, p, "kcache_redis_node_replies_total", "counter",
+                    "replies received from the node", node_m_replies);
+        node_metric(be, p, "kcache_redis_node_timeouts_total", "counter",
+                    "commands to the node that timed out", node_m_timeouts);
+        node_metric(be, p, "kcache_redis_node_probes_total", "counter",
+                    "health probes sent to the node", node_m_probes);
+        node_metric(be, p, "kcache_redis_node_probe_failures_total", "counter",
+                    "health probes of the node that failed", node_m_probe_failures);
+        node_metric(be, p, "kcache_redis_node_state_changes_total", "counter",
+                    "times the node went up or down", node_m_state_changes);
+
+        stats_prom_family(p, "kcache_redis_node_errors_total", "counter",
+                          "failed commands to the node, by class (conn, timeout, node, readonly, "
+                          "app)");
+        for (int i = -1; i < be->n_replicas; i++) {
+                const struct node *n = i < 0 ? be->primary : be->replicas[i];
+                for (int c = 0; c < EC_COUNT; c++) {
+                        node_metric_labels(n, labels, sizeof(labels));
+                        stats_prom_label(labels, sizeof(labels), "class", err_class_names[c],
+                                         strlen(err_class_names[c]));
+                        stats_prom_u64(p, "kcache_redis_node_errors_total", labels,
+                                       n->err_class[c]);
+                }
+        }
+
+        stats_prom_family(p, "kcache_redis_replica_lag_seconds", "gauge",
+                          "how far the replica is behind the primary (lag heartbeat); replicas "
+                          "whose lag is unknown are left out");
+        for (int i = 0; i < be->n_replicas; i++) {
+                const struct node *n = be->replicas[i];
+                if (!n->has_lag)
+                        continue;
+                node_metric_labels(n, labels, sizeof(labels));
+                stats_prom_f64(p, "kcache_redis_replica_lag_seconds", labels,
+                               (double)n->lag_ms / 1000.0);
+        }
+
+        /*
+         * lat_hist[b] holds latencies in [2^b, 2^(b+1)) us (b = 0 from 0): the
+         * bucket bound 2^(b+1) us is exclusive here, inclusive in Prometheus; a
+         * latency of exactly a power of two lands one bucket up. The node keeps
+         * no sum, so the series has no _sum line.
+         */
+        stats_prom_family(p, "kcache_redis_command_duration_seconds", "histogram",
+                          "Redis command latency per node, from send to reply");
+        for (int i = -1; i < be->n_replicas; i++) {
+                const struct node *n = i < 0 ? be->primary : be->replicas[i];
+                node_metric_labels(n, labels, sizeof(labels));
+                stats_prom_log2_hist(p, "kcache_redis_command_duration_seconds", labels,
+                                     n->lat_hist, LAT_BUCKETS, 1, NULL);
+        }
 }

@@ -1007,6 +1007,8 @@ handler_mset(struct req *r, const msgpack_object *args, const struct opts *o)
 }
 
 /* del and invalidate {keys}: leases first, then the keys. */
+static void on_invalidated_count(void *priv, uint32_t gen, redisReply *reply, int err);
+
 static void
 delete_keys(struct req *r, const msgpack_object *list)
 {
@@ -1047,7 +1049,8 @@ delete_keys(struct req *r, const msgpack_object *list)
                         resp_key(key, klen);
                 }
         }
-        cache_submit(r, BACKEND_WRITE, r->has_ns ? 1 : 2, on_integer);
+        cache_submit(r, BACKEND_WRITE, r->has_ns ? 1 : 2,
+                     r->method == RPC_M_invalidate ? on_invalidated_count : on_integer);
 }
 
 void

@@ -370,6 +370,7 @@ on_gos(void *priv, uint32_t gen, redisReply *reply, int err)
                 if (g->type == REDIS_REPLY_STRING)
                         entry_set_lk(e, g->str, g->len);
                 e->state = L_REMOTE;
+                CACHE_COUNT(r, waits_coalesced, 1);
                 /* Wait for the other loader's fill notice, or its lease running out. */
                 r->state = NULL;
                 waiter_add(e, r);
@@ -462,8 +463,8 @@ handler_get_or_set(struct req *r, const msgpack_object *args, const struct opts 
                 *q++ = '\0';
                 memcpy(q, r->schema, r->schema_len);
         }
-        /* The wait, not command_timeout_ms, bounds a get_or_set. */
-        req_start_deadline(r, wait_ms > cfg->command_timeout_ms ? wait_ms : cfg->command_timeout_ms);
+        /* wait_ms, not command_timeout_ms, bounds a get_or_set. */
+        req_start_deadline(r, wait_ms);
         e = entry_find(id, n);
         if (e != NULL) {
                 free(id);

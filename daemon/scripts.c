@@ -13,13 +13,14 @@
 #define PRELUDE                                                                                    \
         "local gk = KEYS[1]\n"                                                                     \
         "local base, M = ARGV[1], ARGV[2]\n"                                                       \
-        "local function now_ms() local t = redis.call('TIME')\n"                                   \
-        "  return string.format('%.0f', t[1] * 1000 + math.floor(t[2] / 1000)) end\n"              \
+        "local function now_us() local t = redis.call('TIME')\n"                                   \
+        "  return string.format('%.0f', t[1] * 1000000 + t[2]) end\n"                             \
         "local function gen(create)\n"                                                             \
         "  if gk == '' then return '' end\n"                                                       \
         "  local g = redis.call('GET', gk)\n"                                                      \
-        "  if g or not create then return g end\n"                                                 \
-        "  g = now_ms(); redis.call('SET', gk, g); return g end\n"                                 \
+        "  if g then return g end\n"                                                               \
+        "  if not create then return nil end\n"                                                    \
+        "  g = now_us(); redis.call('SET', gk, g); return g end\n"                                 \
         "local function dkey(g, k) if gk == '' then return base .. k end\n"                        \
         "  return base .. g .. '\\0' .. k end\n"                                                   \
         "local function lkey(dk, f) return M .. 'lease\\0' .. dk .. '\\0' .. f end\n"              \
@@ -194,10 +195,11 @@ static const char *const texts[SCRIPT_COUNT] = {
         "return n\n",
 
         /* A generation never repeats, even if its key was evicted or deleted:
-         * max(old + 1, Redis's clock in ms). */
+         * max(old + 1, Redis's clock in microseconds): a generation key deleted and
+ * seeded again within the same millisecond must still not repeat. */
         [SCRIPT_BUMP] = PRELUDE
         "local old = tonumber(redis.call('GET', gk) or '0')\n"
-        "local n = math.max(old + 1, tonumber(now_ms()))\n"
+        "local n = math.max(old + 1, tonumber(now_us()))\n"
         "local s = string.format('%.0f', n)\n"
         "redis.call('SET', gk, s)\n"
         "redis.call('PUBLISH', M .. 'events', 'gen ' .. s)\n"
