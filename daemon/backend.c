@@ -96,6 +96,7 @@ struct node {
         ev_tstamp last_reply; /* when this node last answered anything */
         double lat_ewma_us;
         uint64_t lat_hist[LAT_BUCKETS];
+        double lat_sum_s; /* for the histogram's _sum */
 };
 
 struct backend {
@@ -245,6 +246,7 @@ node_latency(struct node *n, double seconds)
         if (us < 0)
                 us = 0;
         n->lat_ewma_us = n->lat_ewma_us == 0 ? us : n->lat_ewma_us * 0.9 + us * 0.1;
+        n->lat_sum_s += us / 1e6;
         while (b < LAT_BUCKETS - 1 && us >= (double)(1ull << (b + 1)))
                 b++;
         n->lat_hist[b]++;
@@ -1582,6 +1584,6 @@ backend_write_metrics(struct backend *be, struct stats_prom *p)
                 const struct node *n = i < 0 ? be->primary : be->replicas[i];
                 node_metric_labels(n, labels, sizeof(labels));
                 stats_prom_log2_hist(p, "kcache_redis_command_duration_seconds", labels,
-                                     n->lat_hist, LAT_BUCKETS, 1, NULL);
+                                     n->lat_hist, LAT_BUCKETS, 1, &n->lat_sum_s);
         }
 }

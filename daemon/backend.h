@@ -118,6 +118,10 @@ int backend_health(struct backend *be, char *why, size_t whylen);
 /* The admin socket's `backends` object. */
 void backend_write_json(struct backend *be, struct json *j);
 
+struct stats_prom;
+/* The admin `metrics` series of every node (kcache_redis_*, labels role and addr). */
+void backend_write_metrics(struct backend *be, struct stats_prom *p);
+
 /*
  * Sentinel's view of the topology: moves the primary (its connections are
  * closed and remade; client connections are not touched) and adds/removes

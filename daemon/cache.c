@@ -1619,6 +1619,17 @@ handler_invalidate(struct req *r, const msgpack_object *args, const struct opts 
 /* --- admin helpers --------------------------------------------------------------------- */
 
 void
+cache_foreach_ns(void (*fn)(void *priv, const char *name, size_t len,
+                            const struct cache_counters *c),
+                 void *priv)
+{
+        for (size_t i = 0; i < cache_ns_cap; i++)
+                if (cache_ns[i].name != NULL)
+                        fn(priv, cache_ns[i].name, cache_ns[i].len, &cache_ns[i].c);
+        fn(priv, NULL, 0, &cache_other);
+}
+
+void
 cache_reset_counters(void)
 {
         memset(&cache_tot, 0, sizeof(cache_tot));

@@ -56,6 +56,12 @@ struct cache_counters *cache_totals(void);
 
 /* The cache counters as JSON (admin `stats`). */
 void cache_write_json(struct json *j);
+/* Calls fn for each tracked namespace, then once with name NULL for _other. */
+#define CACHE_HAVE_FOREACH_NS 1
+void cache_foreach_ns(void (*fn)(void *priv, const char *name, size_t len,
+                                 const struct cache_counters *c),
+                      void *priv);
+
 /* Zeroes every cache counter (admin `reset-stats`). */
 void cache_reset_counters(void);
 

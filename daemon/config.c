@@ -16,7 +16,9 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <grp.h>
 #include <ini.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +48,11 @@ enum config_type {
         CONFIG_T_INT64,         /* int64_t, decimal, range-checked */
         CONFIG_T_MODE,          /* unsigned, octal, range-checked */
         CONFIG_T_ENUM,          /* int, the index of one of the row's names[] */
+        CONFIG_T_BOOL,          /* bool: yes/no, true/false, 1/0 */
+        CONFIG_T_GROUP,         /* char *, empty or one group: a name or a number */
+        CONFIG_T_USER_LIST,     /* char *, comma list of users (names or numbers), may be empty */
+        CONFIG_T_GROUP_LIST,    /* char *, comma list of groups (names or numbers), may be empty */
+        CONFIG_T_LISTEN,        /* char *, empty or IP-literal host:port / [v6]:port */
 };
 
 struct config_key {
@@ -87,11 +94,16 @@ enum {
         K_HEALTH_TIMEOUT_MS,
         K_FAILURE_THRESHOLD,
         K_RECOVERY_THRESHOLD,
+        K_FAIL_OPEN,
         K_SENTINEL_ADDRESSES,
         K_SENTINEL_MASTER_NAME,
         K_SENTINEL_PASSWORD,
         K_ADMIN_SOCKET,
         K_ADMIN_SOCKET_MODE,
+        K_ADMIN_SOCKET_GROUP,
+        K_ADMIN_ALLOWED_UIDS,
+        K_ADMIN_ALLOWED_GIDS,
+        K_ADMIN_LISTEN,
         K_KEY_PREFIX,
         K_DEFAULT_TTL,
         K_MAX_TTL,
@@ -106,6 +118,7 @@ enum {
         K_MAX_TRACKED_NAMESPACES,
         K_NS_CHECK_MS,
         K_LOG_LEVEL,
+        K_LOG_TARGET,
         K_COUNT
 };
 
@@ -135,6 +148,8 @@ _Static_assert(K_COUNT <= ARRAY_SIZE(((struct config *)0)->sources),
         [id] = {sec, name, CONFIG_T_MODE, FIELD(f, unsigned), def, 0, 0777, rel, help, NULL, NULL}
 #define KEY_ENUM(id, sec, name, f, values, def, rel, help) \
         [id] = {sec, name, CONFIG_T_ENUM, FIELD(f, int), def, 0, 0, rel, help, NULL, values}
+#define KEY_BOOL(id, sec, name, f, def, rel, help) \
+        [id] = {sec, name, CONFIG_T_BOOL, FIELD(f, bool), def, 0, 0, rel, help, NULL, NULL}
 /* clang-format on */
 
 /*
@@ -159,6 +174,12 @@ static const char *const read_from_names[] = {
 static const char *const compression_names[] = {
         [COMPRESSION_ZLIB] = "zlib",
         [COMPRESSION_OFF] = "off",
+        NULL,
+};
+
+static const char *const log_target_names[] = {
+        [LOG_TARGET_STDERR] = "stderr",
+        [LOG_TARGET_SYSLOG] = "syslog",
         NULL,
 };
 
@@ -226,6 +247,9 @@ static const struct config_key config_keys[K_COUNT] = {
                 "that mark a node down."),
         KEY_INT(K_RECOVERY_THRESHOLD, "health", recovery_threshold, "2", 1, 100, true, NULL,
                 "Consecutive successful probes that mark a down node up again."),
+        KEY_BOOL(K_FAIL_OPEN, "health", "fail_open", fail_open, "no", true,
+                 "yes: the application copes without its cache, so when no Redis node is "
+                 "reachable the admin `health ready` answers degraded, not down (yes or no)."),
         KEY_STR_AS(K_SENTINEL_ADDRESSES, "sentinel", "addresses", sentinel_addresses,
                    CONFIG_T_TCP_ADDR_LIST, "", false, NULL,
                    "Redis Sentinels to ask for the primary and replicas: host:port or [v6]:port, "
@@ -241,6 +265,26 @@ static const struct config_key config_keys[K_COUNT] = {
                    "Path of the admin socket (health, stats, backends); empty disables it."),
         KEY_MODE(K_ADMIN_SOCKET_MODE, "admin", "socket_mode", admin_socket_mode, "0600", false,
                  "Permission bits of the admin socket, in octal."),
+        KEY_STR_AS(K_ADMIN_SOCKET_GROUP, "admin", "socket_group", admin_socket_group,
+                   CONFIG_T_GROUP, "", false, NULL,
+                   "Group given to the admin socket (a name or a number), so that socket_mode "
+                   "0660 lets its members connect; empty leaves kcached's own group."),
+        KEY_STR_AS(K_ADMIN_ALLOWED_UIDS, "admin", "allowed_uids", admin_allowed_uids,
+                   CONFIG_T_USER_LIST, "", true, NULL,
+                   "Users (names or numbers, comma separated, at most 32) allowed on the admin "
+                   "socket besides root and kcached's own user, which always are. Checked with "
+                   "the peer's credentials at connect; other peers are closed and logged."),
+        KEY_STR_AS(K_ADMIN_ALLOWED_GIDS, "admin", "allowed_gids", admin_allowed_gids,
+                   CONFIG_T_GROUP_LIST, "", true, NULL,
+                   "Groups (names or numbers, comma separated, at most 32) whose members are "
+                   "allowed on the admin socket: the peer's primary group at connect, not its "
+                   "supplementary groups."),
+        KEY_STR_AS(K_ADMIN_LISTEN, "admin", "listen", admin_listen, CONFIG_T_LISTEN, "", false,
+                   NULL,
+                   "TCP address (IP:port, e.g. 127.0.0.1:9121) of a second admin listener for "
+                   "scrapers that cannot read a Unix socket; it serves only metrics, health and "
+                   "stats (and GET /metrics over HTTP), never a command that changes state. "
+                   "Empty for none."),
         KEY_STR(K_KEY_PREFIX, "cache", key_prefix, CONFIG_T_STRING, "kc:", false, NULL,
                 "Prefix of every Redis key kcached uses; may be empty."),
         KEY_INT(K_DEFAULT_TTL, "cache", default_ttl, "3600", 1, 2147483647, true, NULL,
@@ -279,6 +323,9 @@ static const struct config_key config_keys[K_COUNT] = {
                 "a pub/sub notice was missed."),
         KEY_ENUM(K_LOG_LEVEL, "log", "level", log_level, log_level_names, "info", true,
                  "Least severe messages logged: debug, info, warn or error."),
+        KEY_ENUM(K_LOG_TARGET, "log", "target", log_target, log_target_names, "stderr", false,
+                 "Where log lines go: stderr (journald and container runtimes collect it) or "
+                 "syslog (facility daemon)."),
 };
 
 static const char *const config_sections[] = {"server", "redis", "health", "sentinel",
@@ -365,6 +412,12 @@ const char *
 config_compression_name(int v)
 {
         return enum_name(compression_names, v);
+}
+
+const char *
+config_log_target_name(int v)
+{
+        return enum_name(log_target_names, v);
 }
 
 static void __attribute__((format(printf, 3, 4)))
@@ -622,6 +675,122 @@ parse_addr_list(const char *s, bool allow_unix, struct config_addr *addrs, int *
         return 0;
 }
 
+/*
+ * One user or group: a number (any id but -1, which chown reads as "leave
+ * alone"), or a name the system knows. Names are looked up when the
+ * configuration is loaded: an id that stops existing later keeps working.
+ */
+static int
+parse_id(const char *s, bool is_group, uint32_t *id, char *why, size_t whylen)
+{
+        int64_t v;
+
+        if (s[0] >= '0' && s[0] <= '9') {
+                if (parse_int(s, 10, &v) != 0 || v < 0 || v >= UINT32_MAX) {
+                        set_err(why, whylen, "'%s' is not a %s id (0..%u)", s,
+                                is_group ? "group" : "user", UINT32_MAX - 1);
+                        return -1;
+                }
+                *id = (uint32_t)v;
+                return 0;
+        }
+        errno = 0;
+        if (is_group) {
+                const struct group *gr = getgrnam(s);
+                if (gr != NULL) {
+                        *id = (uint32_t)gr->gr_gid;
+                        return 0;
+                }
+        } else {
+                const struct passwd *pw = getpwnam(s);
+                if (pw != NULL) {
+                        *id = (uint32_t)pw->pw_uid;
+                        return 0;
+                }
+        }
+        if (errno != 0 && errno != ENOENT && errno != ESRCH)
+                set_err(why, whylen, "'%s': looking up the %s: %s", s, is_group ? "group" : "user",
+                        strerror(errno));
+        else
+                set_err(why, whylen, "'%s': no such %s", s, is_group ? "group" : "user");
+        return -1;
+}
+
+/* A comma list of ids, blanks around items ignored; ids may be NULL to validate only. */
+static int
+parse_id_list(const char *s, bool is_group, uint32_t *ids, int *n_ids, char *why, size_t whylen)
+{
+        char item[256];
+        const char *p = s;
+        uint32_t id;
+        int n = 0;
+
+        while (is_blank(*p))
+                p++;
+        if (*p == '\0') {
+                *n_ids = 0;
+                return 0;
+        }
+        for (;;) {
+                const char *end = strchr(p, ',');
+                const char *stop = end != NULL ? end : p + strlen(p);
+                while (p < stop && is_blank(*p))
+                        p++;
+                while (stop > p && is_blank(stop[-1]))
+                        stop--;
+                size_t len = (size_t)(stop - p);
+                if (len == 0) {
+                        set_err(why, whylen, "empty item in the list");
+                        return -1;
+                }
+                if (len >= sizeof(item)) {
+                        set_err(why, whylen, "item %d is too long", n + 1);
+                        return -1;
+                }
+                if (n == CONFIG_MAX_IDS) {
+                        set_err(why, whylen, "more than %d %s", CONFIG_MAX_IDS,
+                                is_group ? "groups" : "users");
+                        return -1;
+                }
+                memcpy(item, p, len);
+                item[len] = '\0';
+                if (parse_id(item, is_group, &id, why, whylen) != 0)
+                        return -1;
+                if (ids != NULL)
+                        ids[n] = id;
+                n++;
+                if (end == NULL)
+                        break;
+                p = end + 1;
+        }
+        *n_ids = n;
+        return 0;
+}
+
+/* [admin] listen: empty, or an IP literal and a port (binding needs no resolver). */
+static int
+parse_listen(const char *s, struct config_addr *a, char *why, size_t whylen)
+{
+        struct in6_addr in6;
+        struct in_addr in4;
+
+        if (s[0] == '\0')
+                return 0;
+        if (config_parse_addr(s, a, why, whylen) != 0)
+                return -1;
+        if (a->is_unix) {
+                set_err(why, whylen, "'%s': expected IP:port or [IPv6]:port, not unix:", s);
+                return -1;
+        }
+        if (inet_pton(AF_INET, a->host, &in4) != 1 && inet_pton(AF_INET6, a->host, &in6) != 1) {
+                set_err(why, whylen,
+                        "'%s': '%s' is not an IP address (expected e.g. 127.0.0.1:9121)", s,
+                        a->host);
+                return -1;
+        }
+        return 0;
+}
+
 static void
 format_value(const struct config *c, size_t i, char *out, size_t outlen)
 {
@@ -635,7 +804,14 @@ format_value(const struct config *c, size_t i, char *out, size_t outlen)
         case CONFIG_T_ADDR:
         case CONFIG_T_ADDR_LIST:
         case CONFIG_T_TCP_ADDR_LIST:
+        case CONFIG_T_GROUP:
+        case CONFIG_T_USER_LIST:
+        case CONFIG_T_GROUP_LIST:
+        case CONFIG_T_LISTEN:
                 snprintf(out, outlen, "%s", *(char *const *)f);
+                break;
+        case CONFIG_T_BOOL:
+                snprintf(out, outlen, "%s", *(const bool *)f ? "yes" : "no");
                 break;
         case CONFIG_T_INT:
                 snprintf(out, outlen, "%d", *(const int *)f);
@@ -749,12 +925,43 @@ key_set(struct config *c, size_t i, const char *value, char *why, size_t whylen)
                 set_err(why, whylen, "'%s' is not one of %s", value, list);
                 return -1;
         }
+        case CONFIG_T_BOOL:
+                if (strcmp(value, "yes") == 0 || strcmp(value, "true") == 0 ||
+                    strcmp(value, "1") == 0) {
+                        *(bool *)f = true;
+                        return 0;
+                }
+                if (strcmp(value, "no") == 0 || strcmp(value, "false") == 0 ||
+                    strcmp(value, "0") == 0) {
+                        *(bool *)f = false;
+                        return 0;
+                }
+                set_err(why, whylen, "'%s' is not one of yes, no, true, false, 1, 0", value);
+                return -1;
+        case CONFIG_T_GROUP: {
+                uint32_t id;
+                if (value[0] != '\0' && parse_id(value, true, &id, why, whylen) != 0)
+                        return -1;
+                break;
+        }
+        case CONFIG_T_USER_LIST:
+        case CONFIG_T_GROUP_LIST:
+                if (parse_id_list(value, k->type == CONFIG_T_GROUP_LIST, NULL, &n, why, whylen) !=
+                    0)
+                        return -1;
+                break;
+        case CONFIG_T_LISTEN: {
+                struct config_addr a;
+                if (parse_listen(value, &a, why, whylen) != 0)
+                        return -1;
+                break;
+        }
         }
         /* The string kinds. */
         return replace_string((char **)f, value);
 }
 
-/* Fills the derived addresses from the (already validated) strings. */
+/* Fills the derived addresses and ids from the (already validated) strings. */
 static int
 derive_addrs(struct config *c, char *why, size_t whylen)
 {
@@ -762,8 +969,22 @@ derive_addrs(struct config *c, char *why, size_t whylen)
                 return -1;
         if (parse_addr_list(c->replicas, true, c->replica_addrs, &c->n_replicas, why, whylen) != 0)
                 return -1;
-        return parse_addr_list(c->sentinel_addresses, false, c->sentinel_addrs, &c->n_sentinels,
-                               why, whylen);
+        if (parse_addr_list(c->sentinel_addresses, false, c->sentinel_addrs, &c->n_sentinels, why,
+                            whylen) != 0)
+                return -1;
+        c->has_admin_gid = c->admin_socket_group[0] != '\0';
+        c->admin_gid = 0;
+        if (c->has_admin_gid &&
+            parse_id(c->admin_socket_group, true, &c->admin_gid, why, whylen) != 0)
+                return -1;
+        if (parse_id_list(c->admin_allowed_uids, false, c->admin_uids, &c->n_admin_uids, why,
+                          whylen) != 0 ||
+            parse_id_list(c->admin_allowed_gids, true, c->admin_gids, &c->n_admin_gids, why,
+                          whylen) != 0)
+                return -1;
+        c->has_admin_listen = c->admin_listen[0] != '\0';
+        memset(&c->admin_listen_addr, 0, sizeof(c->admin_listen_addr));
+        return parse_listen(c->admin_listen, &c->admin_listen_addr, why, whylen);
 }
 
 static bool
@@ -776,11 +997,16 @@ is_string_type(enum config_type t)
         case CONFIG_T_ADDR:
         case CONFIG_T_ADDR_LIST:
         case CONFIG_T_TCP_ADDR_LIST:
+        case CONFIG_T_GROUP:
+        case CONFIG_T_USER_LIST:
+        case CONFIG_T_GROUP_LIST:
+        case CONFIG_T_LISTEN:
                 return true;
         case CONFIG_T_INT:
         case CONFIG_T_INT64:
         case CONFIG_T_MODE:
         case CONFIG_T_ENUM:
+        case CONFIG_T_BOOL:
                 return false;
         }
         return false;

@@ -26,6 +26,7 @@
 #define CONFIG_MAX_REPLICAS 16
 #define CONFIG_HOST_MAX 256
 #define CONFIG_PATH_MAX 108 /* sun_path */
+#define CONFIG_MAX_IDS  32  /* [admin] allowed_uids, allowed_gids */
 
 /* A Redis node: host:port, [v6]:port, or unix:/path. */
 struct config_addr {
@@ -44,6 +45,9 @@ enum config_read_from { READ_FROM_REPLICA = 0, READ_FROM_PRIMARY, READ_FROM_ANY 
 
 /* [cache] compression: how values are stored. */
 enum config_compression { COMPRESSION_ZLIB = 0, COMPRESSION_OFF };
+
+/* [log] target: where log lines go. */
+enum config_log_target { LOG_TARGET_STDERR = 0, LOG_TARGET_SYSLOG };
 
 struct config {
         /* [server] */
@@ -74,6 +78,7 @@ struct config {
         int health_timeout_ms;
         int failure_threshold;
         int recovery_threshold;
+        bool fail_open;            /* no Redis reachable: `health ready` says degraded, not down */
         /* [sentinel] */
         char *sentinel_addresses;  /* owned; comma list, "" for none */
         char *sentinel_master_name; /* owned */
@@ -81,6 +86,10 @@ struct config {
         /* [admin] */
         char *admin_socket;        /* owned; "" disables the admin socket */
         unsigned admin_socket_mode;
+        char *admin_socket_group;  /* owned; "" leaves the group alone; name or number */
+        char *admin_allowed_uids;  /* owned; comma list of user names or numbers, may be "" */
+        char *admin_allowed_gids;  /* owned; comma list of group names or numbers, may be "" */
+        char *admin_listen;        /* owned; "" for none, else IP-literal host:port */
         /* [cache] */
         char *key_prefix;          /* owned; may be "" */
         int64_t default_ttl;
@@ -97,6 +106,7 @@ struct config {
         int ns_check_ms;               /* re-read period of a cached namespace generation */
         /* [log] */
         int log_level;             /* enum log_level */
+        int log_target;            /* enum config_log_target */
 
         /* derived at load time */
         struct config_addr primary_addr;
@@ -104,6 +114,14 @@ struct config {
         int n_replicas;
         struct config_addr sentinel_addrs[CONFIG_MAX_REPLICAS];
         int n_sentinels; /* > 0: the primary and replicas come from Sentinel */
+        bool has_admin_gid;           /* socket_group is set: chown the admin socket to it */
+        uint32_t admin_gid;           /* socket_group, resolved at load */
+        uint32_t admin_uids[CONFIG_MAX_IDS]; /* allowed_uids, resolved at load */
+        int n_admin_uids;
+        uint32_t admin_gids[CONFIG_MAX_IDS]; /* allowed_gids, resolved at load */
+        int n_admin_gids;
+        bool has_admin_listen;        /* listen is set */
+        struct config_addr admin_listen_addr; /* listen, an IP literal and a port */
         char *path; /* owned; the file loaded, NULL for none */
         enum config_source sources[64]; /* per key, indexed like config_keys[] */
         int lines[64];                  /* per key: line in path when sources[] is FILE */
@@ -141,5 +159,6 @@ void config_write_example(FILE *out);
 const char *log_level_name(int level);
 const char *config_read_from_name(int v);
 const char *config_compression_name(int v);
+const char *config_log_target_name(int v);
 
 #endif

@@ -62,6 +62,21 @@ conn_pack_write(void *data, const char *p, size_t n)
         return 0;
 }
 
+/* Who connected, as the kernel saw it at connect(): for the admin `clients` and the logs. */
+static void
+conn_peer_cred(struct conn *c)
+{
+        struct ucred cred;
+        socklen_t len = sizeof(cred);
+
+        if (getsockopt(c->fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == -1 || len != sizeof(cred))
+                return;
+        c->has_cred = true;
+        c->pid = (int32_t)cred.pid;
+        c->uid = (uint32_t)cred.uid;
+        c->gid = (uint32_t)cred.gid;
+}
+
 void
 conn_accept(struct server *srv, int fd)
 {
@@ -74,6 +89,8 @@ conn_accept(struct server *srv, int fd)
         c->srv = srv;
         c->fd = fd;
         c->id = ++srv->next_conn_id;
+        c->accepted = ev_now(srv->loop);
+        conn_peer_cred(c);
         buf_init(&c->in);
         buf_init(&c->out);
         scan_reset(&c->scan);
@@ -89,7 +106,9 @@ conn_accept(struct server *srv, int fd)
         srv->n_clients++;
         stats.clients_accepted++;
         stats.clients_connected++;
-        log_debug("conn", "accept", "conn: client %llu connected", (unsigned long long)c->id);
+        log_debug("conn", "accept", "conn: client %llu connected (pid %ld, uid %ld)",
+                  (unsigned long long)c->id, c->has_cred ? (long)c->pid : -1L,
+                  c->has_cred ? (long)c->uid : -1L);
 }
 
 void

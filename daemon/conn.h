@@ -41,6 +41,12 @@ struct conn {
         struct req *reqs;  /* refs: requests in flight, owned by dispatch's pool */
         struct backend_affinity aff; /* keeps pipelined requests in order on one Redis conn */
         unsigned n_inflight;
+        uint64_t n_requests; /* requests received, for the admin `clients` */
+        ev_tstamp accepted;  /* ev_now() at accept */
+        /* The peer at accept (SO_PEERCRED); has_cred false if the kernel did not say. */
+        bool has_cred;
+        int32_t pid;
+        uint32_t uid, gid;
         struct conn *next, *prev;
         struct conn *dirty_next;
         bool is_dirty;

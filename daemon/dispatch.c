@@ -71,6 +71,7 @@ req_new(struct conn *c, uint32_t msgid, enum rpc_method m)
         r->method = m;
         r->aux = 0;
         r->deadline = 0;
+        r->started = stats_clock();
         r->is_timeout = false;
         r->has_schema = false;
         r->has_ns = false;
@@ -103,6 +104,9 @@ req_release(struct req *r)
         /* Counted, never expected: completions past the deadline answer TIMEOUT. */
         if (r->deadline != 0 && ev_now(c->srv->loop) > r->deadline + 0.001 && !r->is_timeout)
                 stats.replies_after_deadline++;
+        /* Answered requests only: one dropped with its connection has no response time. */
+        if (r->started != 0 && !c->is_dead)
+                stats_request_done(r->method, r->started);
         if (r->prev != NULL)
                 r->prev->next = r->next;
         else
@@ -294,6 +298,7 @@ dispatch_request(struct conn *c, const struct rpc_msg *m)
                 return;
         }
         if (mid < 0) {
+                r->started = 0; /* not a method: no latency to count under one */
                 req_fail(r, RPC_ERR_NO_METHOD, "no method '%.*s'",
                          m->method_len > 64 ? 64 : (int)m->method_len, m->method);
                 return;
@@ -329,6 +334,7 @@ dispatch_message(struct conn *c, const msgpack_object *obj)
 
         if (r == RPC_OK && m.type == RPC_REQUEST) {
                 stats.requests++;
+                c->n_requests++;
                 dispatch_request(c, &m);
                 return;
         }
@@ -342,11 +348,13 @@ dispatch_message(struct conn *c, const msgpack_object *obj)
         if (r == RPC_E_BAD && m.type == RPC_REQUEST) {
                 struct req *q;
                 stats.requests++;
+                c->n_requests++;
                 q = req_new(c, m.msgid, RPC_M_ping);
                 if (q == NULL) {
                         conn_close(c, "out of memory");
                         return;
                 }
+                q->started = 0; /* no method to count it under */
                 req_fail(q, RPC_ERR_BAD_REQUEST, "%s", why);
                 return;
         }

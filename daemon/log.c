@@ -10,12 +10,37 @@
 #include <string.h>
 #include <time.h>
 
+/*
+ * <syslog.h> names two of its priorities LOG_DEBUG and LOG_INFO, as macros
+ * that would shadow enum log_level's constants: take its values here, then
+ * drop the macros so the rest of this file means ours.
+ */
+#include <syslog.h>
+static const int log_syslog_prio[] = {LOG_DEBUG, LOG_INFO, LOG_WARNING, LOG_ERR};
+#undef LOG_DEBUG
+#undef LOG_INFO
+_Static_assert(LOG_DEBUG == 0 && LOG_INFO == 1 && LOG_WARN == 2 && LOG_ERROR == 3,
+               "log_syslog_prio[] is indexed by enum log_level");
+
 int log_level_current = LOG_INFO;
+static int log_target = LOG_TARGET_STDERR;
 
 void
 log_set_level(int level)
 {
         log_level_current = level;
+}
+
+void
+log_set_target(int target)
+{
+        if (target == log_target)
+                return;
+        if (target == LOG_TARGET_SYSLOG)
+                openlog("kcached", LOG_PID | LOG_NDELAY, LOG_DAEMON);
+        else
+                closelog();
+        log_target = target;
 }
 
 void
@@ -43,6 +68,13 @@ log_write(int level, const char *module, const char *event, const char *fmt, ...
         }
         esc[j] = '\0';
 
+        if (log_target == LOG_TARGET_SYSLOG) {
+                int prio =
+                        level >= LOG_DEBUG && level <= LOG_ERROR ? log_syslog_prio[level] : LOG_ERR;
+                syslog(prio, "level=%s module=%s event=%s msg=\"%s\"", log_level_name(level),
+                       module, event, esc);
+                return;
+        }
         clock_gettime(CLOCK_REALTIME, &ts);
         gmtime_r(&ts.tv_sec, &tm);
         fprintf(stderr,

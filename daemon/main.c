@@ -77,6 +77,7 @@ main(int argc, char **argv)
                 return 0;
         }
         log_set_level(cfg.log_level);
+        log_set_target(cfg.log_target);
         struct ev_loop *loop = ev_default_loop(EVFLAG_AUTO);
         if (loop == NULL) {
                 fprintf(stderr, "kcached: cannot initialise libev\n");

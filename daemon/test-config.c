@@ -32,23 +32,28 @@
  * 14 pool_size, 15 replica_pool_size, 16 read_from,
  * 17 replica_attempt_timeout_ms, 18 max_inflight_per_node, 19 reconnect_max_ms,
  * 20 max_replica_lag_ms, [health] 21 interval_ms, 22 timeout_ms,
- * 23 failure_threshold, 24 recovery_threshold, [sentinel] 25 addresses,
- * 26 master_name, 27 password, [admin] 28 socket, 29 socket_mode,
- * 30 key_prefix, 31 default_ttl, 32 max_ttl, 33 max_key_bytes, 34 max_value_bytes,
- * 35 compression, 36 compression_level, 37 compression_threshold,
- * 38 compress_inline_max, 39 lease_ttl_ms, 40 max_wait_ms,
- * 41 max_tracked_namespaces, 42 ns_check_ms, [log] 43 level.
+ * 23 failure_threshold, 24 recovery_threshold, 25 fail_open, [sentinel] 26 addresses,
+ * 27 master_name, 28 password, [admin] 29 socket, 30 socket_mode,
+ * 31 socket_group, 32 allowed_uids, 33 allowed_gids, 34 listen,
+ * 35 key_prefix, 36 default_ttl, 37 max_ttl, 38 max_key_bytes, 39 max_value_bytes,
+ * 40 compression, 41 compression_level, 42 compression_threshold,
+ * 43 compress_inline_max, 44 lease_ttl_ms, 45 max_wait_ms,
+ * 46 max_tracked_namespaces, 47 ns_check_ms, [log] 48 level, 49 target.
  */
-#define N_KEYS          44
+#define N_KEYS          50
 #define I_PASSWORD_FILE 10
 #define I_REPLICA_ATT   17
 #define I_INTERVAL      21
-#define I_ADDRESSES     25
-#define I_ADMIN_SOCKET  28
-#define I_KEY_PREFIX    30
-#define I_COMPRESSION   35
-#define I_NS_CHECK      42
-#define I_LEVEL         43
+#define I_FAIL_OPEN     25
+#define I_ADDRESSES     26
+#define I_ADMIN_SOCKET  29
+#define I_ALLOWED_UIDS  32
+#define I_LISTEN        34
+#define I_KEY_PREFIX    35
+#define I_COMPRESSION   40
+#define I_NS_CHECK      47
+#define I_LEVEL         48
+#define I_TARGET        49
 
 static int n_passed, n_failed;
 static char tmpdir[256];
@@ -133,6 +138,30 @@ cache_equal(const struct config *a, const struct config *b)
                a->ns_check_ms == b->ns_check_ms;
 }
 
+/* The keys of the admin socket issue: [health] fail_open, [admin] access, [log] target. */
+static bool
+admin_equal(const struct config *a, const struct config *b)
+{
+        if (a->fail_open != b->fail_open || a->log_target != b->log_target ||
+            strcmp(a->admin_socket_group, b->admin_socket_group) != 0 ||
+            strcmp(a->admin_allowed_uids, b->admin_allowed_uids) != 0 ||
+            strcmp(a->admin_allowed_gids, b->admin_allowed_gids) != 0 ||
+            strcmp(a->admin_listen, b->admin_listen) != 0 || a->has_admin_gid != b->has_admin_gid ||
+            a->admin_gid != b->admin_gid || a->n_admin_uids != b->n_admin_uids ||
+            a->n_admin_gids != b->n_admin_gids || a->has_admin_listen != b->has_admin_listen)
+                return false;
+        for (int i = 0; i < a->n_admin_uids; i++) {
+                if (a->admin_uids[i] != b->admin_uids[i])
+                        return false;
+        }
+        for (int i = 0; i < a->n_admin_gids; i++) {
+                if (a->admin_gids[i] != b->admin_gids[i])
+                        return false;
+        }
+        return strcmp(a->admin_listen_addr.host, b->admin_listen_addr.host) == 0 &&
+               a->admin_listen_addr.port == b->admin_listen_addr.port;
+}
+
 static bool
 is_default(const struct config *c)
 {
@@ -165,7 +194,8 @@ is_default(const struct config *c)
                strcmp(c->sentinel_master_name, d.sentinel_master_name) == 0 &&
                strcmp(c->sentinel_password, d.sentinel_password) == 0 &&
                c->n_sentinels == d.n_sentinels && strcmp(c->admin_socket, d.admin_socket) == 0 &&
-               c->admin_socket_mode == d.admin_socket_mode && cache_equal(c, &d);
+               c->admin_socket_mode == d.admin_socket_mode && cache_equal(c, &d) &&
+               admin_equal(c, &d);
         config_deinit(&d);
         return same;
 }
@@ -208,7 +238,8 @@ config_equal(const struct config *a, const struct config *b, bool with_password)
             strcmp(a->sentinel_addresses, b->sentinel_addresses) != 0 ||
             strcmp(a->sentinel_master_name, b->sentinel_master_name) != 0 ||
             strcmp(a->admin_socket, b->admin_socket) != 0 ||
-            a->admin_socket_mode != b->admin_socket_mode || !cache_equal(a, b))
+            a->admin_socket_mode != b->admin_socket_mode || !cache_equal(a, b) ||
+            !admin_equal(a, b))
                 return false;
         if (with_password && (strcmp(a->password, b->password) != 0 ||
                               strcmp(a->sentinel_password, b->sentinel_password) != 0))
@@ -346,6 +377,12 @@ test_defaults(void)
         CHECK(c.max_tracked_namespaces == 256, "max_tracked_namespaces %d",
               c.max_tracked_namespaces);
         CHECK(c.ns_check_ms == 1000, "ns_check_ms %d", c.ns_check_ms);
+        CHECK(!c.fail_open, "fail_open");
+        CHECK(strcmp(c.admin_socket_group, "") == 0 && !c.has_admin_gid, "socket_group");
+        CHECK(strcmp(c.admin_allowed_uids, "") == 0 && c.n_admin_uids == 0, "allowed_uids");
+        CHECK(strcmp(c.admin_allowed_gids, "") == 0 && c.n_admin_gids == 0, "allowed_gids");
+        CHECK(strcmp(c.admin_listen, "") == 0 && !c.has_admin_listen, "listen");
+        CHECK(c.log_target == LOG_TARGET_STDERR, "log target %d", c.log_target);
         CHECK(c.path == NULL, "path");
         for (int i = 0; i < 64; i++)
                 CHECK(c.sources[i] == CONFIG_SRC_DEFAULT, "sources[%d]", i);
@@ -375,6 +412,10 @@ test_defaults(void)
                       strcmp(config_compression_name(2), "unknown") == 0 &&
                       strcmp(config_compression_name(-1), "unknown") == 0,
               "config_compression_name");
+        CHECK(strcmp(config_log_target_name(LOG_TARGET_STDERR), "stderr") == 0 &&
+                      strcmp(config_log_target_name(LOG_TARGET_SYSLOG), "syslog") == 0 &&
+                      strcmp(config_log_target_name(2), "unknown") == 0,
+              "config_log_target_name");
 }
 
 static const char full_file[] =
@@ -408,28 +449,34 @@ static const char full_file[] =
         "timeout_ms = 1\n"                                               /* 28 */
         "failure_threshold = 100\n"                                      /* 29 */
         "recovery_threshold = 1\n"                                       /* 30 */
-        "[sentinel]\n"                                                   /* 31 */
-        "master_name = mymaster\n"                                       /* 32 */
-        "password = sentinel-secret\n"                                   /* 33 */
-        "[admin]\n"                                                      /* 34 */
-        "socket = /tmp/kc admin.sock\n"                                  /* 35 */
-        "socket_mode = 0660\n"                                           /* 36 */
-        "[cache]\n"                                                      /* 37 */
-        "key_prefix = app:v2:\n"                                         /* 38 */
-        "default_ttl = 60\n"                                             /* 39 */
-        "max_ttl = 2147483647\n"                                         /* 40 */
-        "max_key_bytes = 65536\n"                                        /* 41 */
-        "max_value_bytes = 1073741824\n"                                 /* 42 */
-        "compression = off\n"                                            /* 43 */
-        "compression_level = 9\n"                                        /* 44 */
-        "compression_threshold = 0\n"                                    /* 45 */
-        "compress_inline_max = 1073741824\n"                             /* 46 */
-        "lease_ttl_ms = 10\n"                                            /* 47 */
-        "max_wait_ms = 600000\n"                                         /* 48 */
-        "max_tracked_namespaces = 100000\n"                              /* 49 */
-        "ns_check_ms = 10\n"                                             /* 50 */
-        "[log]\n"                                                        /* 51 */
-        "level = debug\n";                                               /* 52 */
+        "fail_open = yes\n"                                              /* 31 */
+        "[sentinel]\n"                                                   /* 32 */
+        "master_name = mymaster\n"                                       /* 33 */
+        "password = sentinel-secret\n"                                   /* 34 */
+        "[admin]\n"                                                      /* 35 */
+        "socket = /tmp/kc admin.sock\n"                                  /* 36 */
+        "socket_mode = 0660\n"                                           /* 37 */
+        "socket_group = root\n"                                          /* 38 */
+        "allowed_uids = nobody, 1000 ,root\n"                            /* 39 */
+        "allowed_gids = 0,nogroup\n"                                     /* 40 */
+        "listen = 127.0.0.1:9121\n"                                      /* 41 */
+        "[cache]\n"                                                      /* 42 */
+        "key_prefix = app:v2:\n"                                         /* 43 */
+        "default_ttl = 60\n"                                             /* 44 */
+        "max_ttl = 2147483647\n"                                         /* 45 */
+        "max_key_bytes = 65536\n"                                        /* 46 */
+        "max_value_bytes = 1073741824\n"                                 /* 47 */
+        "compression = off\n"                                            /* 48 */
+        "compression_level = 9\n"                                        /* 49 */
+        "compression_threshold = 0\n"                                    /* 50 */
+        "compress_inline_max = 1073741824\n"                             /* 51 */
+        "lease_ttl_ms = 10\n"                                            /* 52 */
+        "max_wait_ms = 600000\n"                                         /* 53 */
+        "max_tracked_namespaces = 100000\n"                              /* 54 */
+        "ns_check_ms = 10\n"                                             /* 55 */
+        "[log]\n"                                                        /* 56 */
+        "level = debug\n"                                                /* 57 */
+        "target = syslog\n";                                             /* 58 */
 
 static void
 test_full_file(void)
@@ -485,6 +532,18 @@ test_full_file(void)
         CHECK(strcmp(c.admin_socket, "/tmp/kc admin.sock") == 0 && c.admin_socket_mode == 0660,
               "admin");
         CHECK(c.socket_mode == 0600, "[server] socket_mode is not [admin]'s");
+        CHECK(c.fail_open, "fail_open");
+        CHECK(strcmp(c.admin_socket_group, "root") == 0 && c.has_admin_gid && c.admin_gid == 0,
+              "socket_group");
+        CHECK(strcmp(c.admin_allowed_uids, "nobody, 1000 ,root") == 0 && c.n_admin_uids == 3 &&
+                      c.admin_uids[0] == 65534 && c.admin_uids[1] == 1000 && c.admin_uids[2] == 0,
+              "allowed_uids: %d", c.n_admin_uids);
+        CHECK(c.n_admin_gids == 2 && c.admin_gids[0] == 0 && c.admin_gids[1] == 65534,
+              "allowed_gids: %d", c.n_admin_gids);
+        CHECK(c.has_admin_listen && strcmp(c.admin_listen_addr.host, "127.0.0.1") == 0 &&
+                      c.admin_listen_addr.port == 9121,
+              "listen");
+        CHECK(c.log_target == LOG_TARGET_SYSLOG, "target");
         CHECK(c.max_key_bytes == 65536 && c.max_value_bytes == 1073741824, "cache sizes");
         CHECK(c.compression == COMPRESSION_OFF && c.compression_level == 9 &&
                       c.compression_threshold == 0 && c.compress_inline_max == 1073741824,
@@ -501,9 +560,13 @@ test_full_file(void)
         }
 #ifdef CONFIG_HAVE_ORIGINS
         CHECK(c.lines[I_REPLICA_ATT] == 21 && c.lines[I_INTERVAL] == 27 &&
-                      c.lines[I_ADMIN_SOCKET] == 35 && c.lines[I_KEY_PREFIX] == 38,
+                      c.lines[I_ADMIN_SOCKET] == 36 && c.lines[I_KEY_PREFIX] == 43,
               "lines of the new keys");
-        CHECK(c.lines[I_COMPRESSION] == 43 && c.lines[I_NS_CHECK] == 50 && c.lines[I_LEVEL] == 52,
+        CHECK(c.lines[I_FAIL_OPEN] == 31 && c.lines[I_ALLOWED_UIDS] == 39 &&
+                      c.lines[I_LISTEN] == 41 && c.lines[I_TARGET] == 58,
+              "lines of the admin keys: %d %d %d %d", c.lines[I_FAIL_OPEN], c.lines[I_ALLOWED_UIDS],
+              c.lines[I_LISTEN], c.lines[I_TARGET]);
+        CHECK(c.lines[I_COMPRESSION] == 48 && c.lines[I_NS_CHECK] == 55 && c.lines[I_LEVEL] == 57,
               "lines of the [cache] keys: %d %d %d", c.lines[I_COMPRESSION], c.lines[I_NS_CHECK],
               c.lines[I_LEVEL]);
 #endif
@@ -996,6 +1059,108 @@ test_cache_values(void)
         EXPECT_ERROR("[redis]\ncompression = off\n", 2, "[redis] compression: unknown key");
         EXPECT_ERROR("[cache]\ncompression = off\ncompression = zlib\n", 3,
                      "[cache] compression: duplicate key (first set at line 2)");
+}
+
+/* [health] fail_open, [admin] socket_group, allowed_uids, allowed_gids, listen, [log] target. */
+static void
+test_admin_values(void)
+{
+        static const struct {
+                const char *text;
+                bool value;
+        } bools[] = {
+                {"yes", true}, {"true", true},   {"1", true},
+                {"no", false}, {"false", false}, {"0", false},
+        };
+        struct config c;
+        char path[PATH_BUF], ini[MSG_BUF];
+
+        for (size_t i = 0; i < sizeof(bools) / sizeof(bools[0]); i++) {
+                snprintf(ini, sizeof(ini), "[health]\nfail_open = %s ; comment\n", bools[i].text);
+                if (LOAD_OK(ini, &c, path)) {
+                        CHECK(c.fail_open == bools[i].value, "fail_open = %s", bools[i].text);
+                        config_deinit(&c);
+                }
+        }
+        EXPECT_ERROR("[health]\nfail_open = on\n", 2,
+                     "[health] fail_open: 'on' is not one of yes, no, true, false, 1, 0");
+        EXPECT_ERROR("[health]\nfail_open = YES\n", 2,
+                     "[health] fail_open: 'YES' is not one of yes, no, true, false, 1, 0");
+        EXPECT_ERROR("[health]\nfail_open =\n", 2,
+                     "[health] fail_open: '' is not one of yes, no, true, false, 1, 0");
+        EXPECT_ERROR("[admin]\nfail_open = yes\n", 2, "[admin] fail_open: unknown key");
+
+        /* Groups and users: names the system knows, or numbers (any id but -1). */
+        if (LOAD_OK("[admin]\nsocket_group = 4242\nallowed_uids = 0\nallowed_gids =   \n", &c,
+                    path)) {
+                CHECK(c.has_admin_gid && c.admin_gid == 4242, "numeric socket_group");
+                CHECK(c.n_admin_uids == 1 && c.admin_uids[0] == 0, "one uid");
+                CHECK(c.n_admin_gids == 0, "blank gid list");
+                config_deinit(&c);
+        }
+        if (LOAD_OK("[admin]\nsocket_group = nogroup\nallowed_uids = 4294967294\n", &c, path)) {
+                CHECK(c.has_admin_gid && c.admin_gid == 65534, "socket_group by name");
+                CHECK(c.n_admin_uids == 1 && c.admin_uids[0] == 4294967294u, "largest uid");
+                config_deinit(&c);
+        }
+        EXPECT_ERROR("[admin]\nsocket_group = no-such-group-kc\n", 2,
+                     "[admin] socket_group: 'no-such-group-kc': no such group");
+        EXPECT_ERROR("[admin]\nsocket_group = 4294967295\n", 2,
+                     "[admin] socket_group: '4294967295' is not a group id (0..4294967294)");
+        EXPECT_ERROR("[admin]\nsocket_group = 12x\n", 2,
+                     "[admin] socket_group: '12x' is not a group id (0..4294967294)");
+        EXPECT_ERROR("[admin]\nallowed_uids = root, no-such-user-kc\n", 2,
+                     "[admin] allowed_uids: 'no-such-user-kc': no such user");
+        EXPECT_ERROR("[admin]\nallowed_uids = root,,0\n", 2,
+                     "[admin] allowed_uids: empty item in the list");
+        EXPECT_ERROR("[admin]\nallowed_uids = -1\n", 2, "[admin] allowed_uids: '-1': no such user");
+        EXPECT_ERROR("[admin]\nallowed_gids = nogroup,\n", 2,
+                     "[admin] allowed_gids: empty item in the list");
+        EXPECT_ERROR("[admin]\nallowed_gids = no-such-group-kc\n", 2,
+                     "[admin] allowed_gids: 'no-such-group-kc': no such group");
+        {
+                char list[200] = "";
+                for (int i = 0; i < 33; i++) {
+                        char item[8];
+                        snprintf(item, sizeof(item), "%s%d", i > 0 ? "," : "", i);
+                        strcat(list, item);
+                }
+                snprintf(ini, sizeof(ini), "[admin]\nallowed_gids = %s\n", list);
+                EXPECT_ERROR(ini, 2, "[admin] allowed_gids: more than 32 groups");
+                *strrchr(list, ',') = '\0';
+                snprintf(ini, sizeof(ini), "[admin]\nallowed_gids = %s\n", list);
+                if (LOAD_OK(ini, &c, path)) {
+                        CHECK(c.n_admin_gids == 32 && c.admin_gids[31] == 31, "32 gids");
+                        config_deinit(&c);
+                }
+        }
+
+        /* listen: an IP literal and a port, or nothing. */
+        if (LOAD_OK("[admin]\nlisten = [::1]:9121\n", &c, path)) {
+                CHECK(c.has_admin_listen && strcmp(c.admin_listen_addr.host, "::1") == 0 &&
+                              c.admin_listen_addr.port == 9121,
+                      "IPv6 listen");
+                config_deinit(&c);
+        }
+        EXPECT_ERROR("[admin]\nlisten = localhost:9121\n", 2,
+                     "[admin] listen: 'localhost:9121': 'localhost' is not an IP address "
+                     "(expected e.g. 127.0.0.1:9121)");
+        EXPECT_ERROR("[admin]\nlisten = 127.0.0.1\n", 2,
+                     "[admin] listen: '127.0.0.1' is not host:port, [v6]:port or unix:/path "
+                     "(missing :port)");
+        EXPECT_ERROR("[admin]\nlisten = unix:/tmp/x.sock\n", 2,
+                     "[admin] listen: 'unix:/tmp/x.sock': expected IP:port or [IPv6]:port, not "
+                     "unix:");
+        EXPECT_ERROR("[admin]\nlisten = 127.0.0.1:0\n", 2,
+                     "[admin] listen: '127.0.0.1:0': '0' is not a port (1..65535)");
+
+        /* [log] target. */
+        if (LOAD_OK("[log]\ntarget = syslog\n", &c, path)) {
+                CHECK(c.log_target == LOG_TARGET_SYSLOG, "target = syslog");
+                config_deinit(&c);
+        }
+        EXPECT_ERROR("[log]\ntarget = journald\n", 2,
+                     "[log] target: 'journald' is not one of stderr, syslog");
 }
 
 /* Checks that need two keys, at the FILE:LINE (or env variable) the reader should look at. */
@@ -1492,14 +1657,26 @@ test_dump(void)
                       strstr(text, "\nns_check_ms = 10 ; ") != NULL,
               "[cache] values in the dump");
 #ifdef CONFIG_HAVE_ORIGINS
-        snprintf(want, sizeof(want), "\ncompression = off ; %s:43\n", path);
+        snprintf(want, sizeof(want), "\ncompression = off ; %s:48\n", path);
         CHECK(strstr(text, want) != NULL, "compression FILE:LINE in the dump");
-        snprintf(want, sizeof(want), "\npassword = *** ; %s:33\n", path);
+        snprintf(want, sizeof(want), "\npassword = *** ; %s:34\n", path);
         CHECK(strstr(text, want) != NULL, "[sentinel] password as ***:\n%s", text);
-        snprintf(want, sizeof(want), "\n[admin]\nsocket = /tmp/kc admin.sock ; %s:35\n", path);
+        snprintf(want, sizeof(want), "\n[admin]\nsocket = /tmp/kc admin.sock ; %s:36\n", path);
         CHECK(strstr(text, want) != NULL, "[admin] socket in the dump");
-        snprintf(want, sizeof(want), "\nsocket_mode = 0660 ; %s:36\n", path);
+        snprintf(want, sizeof(want), "\nsocket_mode = 0660 ; %s:37\n", path);
         CHECK(strstr(text, want) != NULL, "[admin] socket_mode in the dump");
+        snprintf(want, sizeof(want), "\nsocket_mode = 0660 ; %s:37\nsocket_group = root ; ", path);
+        CHECK(strstr(text, want) != NULL, "[admin] socket_group in the dump:\n%s", text);
+        snprintf(want, sizeof(want), "\nallowed_uids = nobody, 1000 ,root ; %s:39\n", path);
+        CHECK(strstr(text, want) != NULL, "[admin] allowed_uids in the dump");
+        snprintf(want, sizeof(want), "\nallowed_gids = 0,nogroup ; %s:40\nlisten = ", path);
+        CHECK(strstr(text, want) != NULL, "[admin] allowed_gids in the dump");
+        snprintf(want, sizeof(want), "\nlisten = 127.0.0.1:9121 ; %s:41\n", path);
+        CHECK(strstr(text, want) != NULL, "[admin] listen in the dump");
+        snprintf(want, sizeof(want), "\nfail_open = yes ; %s:31\n", path);
+        CHECK(strstr(text, want) != NULL, "fail_open in the dump");
+        snprintf(want, sizeof(want), "\ntarget = syslog ; %s:58\n", path);
+        CHECK(strstr(text, want) != NULL, "[log] target in the dump");
 #endif
 #ifdef CONFIG_HAVE_ORIGINS
         snprintf(want, sizeof(want), "\nmax_clients = 77 ; %s:5\n", path);
@@ -1769,6 +1946,7 @@ main(int argc, char **argv)
         test_value_errors();
         test_backend_values();
         test_cache_values();
+        test_admin_values();
         test_backend_cross_keys();
         test_parse_addr();
         test_comments_and_forms();

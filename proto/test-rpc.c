@@ -148,7 +148,8 @@ test_tables(void)
         /* Rows land in their enum slots, columns in their fields. */
         CHECK(strcmp(rpc_methods[RPC_M_get].name, "get") == 0);
         CHECK(rpc_methods[RPC_M_get].n_args == 1 && rpc_methods[RPC_M_get].flags == KC_M_READ);
-        CHECK(rpc_methods[RPC_M_set].opts == KC_OPT_ttl && rpc_methods[RPC_M_set].n_args == 2);
+        CHECK((rpc_methods[RPC_M_set].opts & KC_OPT_ttl) && !(rpc_methods[RPC_M_set].opts & KC_OPT_field) &&
+              rpc_methods[RPC_M_set].n_args == 2);
         CHECK(rpc_methods[RPC_M_hello].flags == KC_M_LOCAL);
         CHECK(strcmp(rpc_options[RPC_OPT_ttl].name, "ttl") == 0);
         CHECK(rpc_options[RPC_OPT_ttl].type == OPT_INT);
