@@ -278,6 +278,7 @@ static void admin_cmd_flush(struct admin_conn *c, const struct admin_tok *args, 
 static void admin_cmd_reset_stats(struct admin_conn *c, const struct admin_tok *args, int n_args);
 static void admin_cmd_loglevel(struct admin_conn *c, const struct admin_tok *args, int n_args);
 static void admin_cmd_quit(struct admin_conn *c, const struct admin_tok *args, int n_args);
+static void admin_cmd_reload(struct admin_conn *c, const struct admin_tok *args, int n_args);
 
 /* The commands, in the order `help` lists them. */
 static const struct admin_cmd admin_cmds[] = {
@@ -288,6 +289,7 @@ static const struct admin_cmd admin_cmds[] = {
         {"backends", "backends", 0, 0, false, admin_cmd_backends},
         {"config", "config", 0, 0, false, admin_cmd_config},
         {"metrics", "metrics", 0, 0, true, admin_cmd_metrics},
+        {"reload", "reload", 0, 0, false, admin_cmd_reload},
         {"flush", "flush NAMESPACE", 1, 1, false, admin_cmd_flush},
         {"reset-stats", "reset-stats", 0, 0, false, admin_cmd_reset_stats},
         {"loglevel", "loglevel debug|info|warn|error", 1, 1, false, admin_cmd_loglevel},
@@ -704,6 +706,18 @@ admin_cmd_loglevel(struct admin_conn *c, const struct admin_tok *args, int n_arg
                 return;
         }
         admin_reply(c, "error: unknown level");
+}
+
+/* `ok <summary>` or `error: <why>` (the running configuration then stays). */
+static void
+admin_cmd_reload(struct admin_conn *c, const struct admin_tok *args, int n_args)
+{
+        char msg[1100];
+
+        if (server_reload(c->adm->srv, msg, sizeof(msg)) < 0)
+                admin_reply(c, "error: %s", msg);
+        else
+                admin_reply(c, "ok %s", msg);
 }
 
 static void admin_conn_close_after_flush(struct admin_conn *c);

@@ -55,6 +55,8 @@ static const char *const err_class_names[EC_COUNT] = {"conn", "timeout", "node",
 struct pconn {
         struct rconn rc;
         struct node *node; /* ref, owner */
+        int idx;           /* in node->conns, for client affinity */
+        bool is_retired;   /* a reload shrank the pool: drains, then goes */
 };
 
 struct node {
@@ -67,7 +69,9 @@ struct node {
         bool has_addr;
         char addr_str[CONFIG_HOST_MAX + 16];
         char label[CONFIG_HOST_MAX + 32];
-        struct pconn *conns; /* owned, n_conns */
+        struct pconn **conns; /* owned, n_conns; separate allocations: watchers never move */
+        struct pconn **retired; /* owned: left the pool, freed once their queue is empty */
+        int n_retired;
         int n_conns;
         struct resolve_job *job; /* while resolving; owned by the resolver */
         ev_timer retry;
@@ -163,7 +167,7 @@ node_inflight(const struct node *n)
         size_t sum = 0;
 
         for (int i = 0; i < n->n_conns; i++)
-                sum += rconn_inflight(&n->conns[i].rc);
+                sum += rconn_inflight(&n->conns[i]->rc);
         return sum;
 }
 
@@ -173,7 +177,7 @@ node_n_up(const struct node *n)
         int up = 0;
 
         for (int i = 0; i < n->n_conns; i++)
-                up += n->conns[i].rc.state == RCONN_UP;
+                up += n->conns[i]->rc.state == RCONN_UP;
         return up;
 }
 
@@ -333,6 +337,8 @@ pconn_on_state(struct rconn *rc, enum rconn_event ev, const char *why)
         struct pconn *pc = rc->owner;
         struct node *n = pc->node;
 
+        if (pc->is_retired)
+                return;
         if (ev == RCONN_EV_UP) {
                 n->backoff_ms = 0;
                 if (!n->is_healthy)
@@ -390,7 +396,7 @@ node_on_resolved(void *priv, int err, const struct sockaddr_storage *addrs, cons
         memcpy(&n->ss, addr, len);
         n->sslen = len;
         for (int i = 0; i < n->n_conns; i++) {
-                struct rconn *rc = &n->conns[i].rc;
+                struct rconn *rc = &n->conns[i]->rc;
                 if (rc->state != RCONN_IDLE)
                         continue;
                 int r = rconn_connect(rc, addr, len, n->be->handshake, n->be->handshake_len,
@@ -442,7 +448,7 @@ node_teardown(struct node *n, const char *why)
         n->probe_inflight = false;
         ev_timer_stop(n->be->loop, &n->probe_deadline);
         for (int i = 0; i < n->n_conns; i++)
-                rconn_close(&n->conns[i].rc, why);
+                rconn_close(&n->conns[i]->rc, why);
         n->is_tearing_down = false;
         node_schedule_retry(n);
 }
@@ -453,7 +459,7 @@ node_pick_conn(struct node *n)
         struct pconn *best = NULL;
 
         for (int i = 0; i < n->n_conns; i++) {
-                struct pconn *pc = &n->conns[i];
+                struct pconn *pc = n->conns[i];
                 if (pc->rc.state != RCONN_UP)
                         continue;
                 if (best == NULL || rconn_inflight(&pc->rc) < rconn_inflight(&best->rc))
@@ -581,6 +587,16 @@ probe_on_tick(struct ev_loop *loop, ev_timer *w, int revents)
         char cmd[256];
         int len;
 
+        /* Connections a reload took out of the pool leave once drained. */
+        for (int i = 0; i < n->n_retired;) {
+                if (rconn_inflight(&n->retired[i]->rc) > 0) {
+                        i++;
+                        continue;
+                }
+                rconn_deinit(&n->retired[i]->rc);
+                free(n->retired[i]);
+                n->retired[i] = n->retired[--n->n_retired];
+        }
         if (n->probe_inflight || !n->has_addr)
                 return;
         pc = node_pick_conn(n);
@@ -651,7 +667,7 @@ node_set_label(struct node *n)
         snprintf(n->label, sizeof(n->label), "%s %s",
                  n->role == ROLE_PRIMARY ? "primary" : "replica", n->addr_str);
         for (int i = 0; i < n->n_conns; i++)
-                snprintf(n->conns[i].rc.name, sizeof(n->conns[i].rc.name), "%s", n->label);
+                snprintf(n->conns[i]->rc.name, sizeof(n->conns[i]->rc.name), "%s", n->label);
 }
 
 static struct node *
@@ -672,6 +688,16 @@ node_new(struct backend *be, enum node_role role, const struct config_addr *addr
                 free(n);
                 return NULL;
         }
+        for (int i = 0; i < n->n_conns; i++) {
+                n->conns[i] = calloc(1, sizeof(struct pconn));
+                if (n->conns[i] == NULL) {
+                        while (i-- > 0)
+                                free(n->conns[i]);
+                        free(n->conns);
+                        free(n);
+                        return NULL;
+                }
+        }
         if (addr != NULL) {
                 n->addr = *addr;
                 n->has_addr = true;
@@ -681,8 +707,9 @@ node_new(struct backend *be, enum node_role role, const struct config_addr *addr
         n->n_ok_needed = 1;
         n->since = wall_now();
         for (int i = 0; i < n->n_conns; i++) {
-                n->conns[i].node = n;
-                rconn_init(&n->conns[i].rc, be->loop, pconn_on_state, &n->conns[i], "");
+                n->conns[i]->node = n;
+                n->conns[i]->idx = i;
+                rconn_init(&n->conns[i]->rc, be->loop, pconn_on_state, n->conns[i], "");
         }
         node_set_label(n);
         ev_timer_init(&n->retry, node_on_retry, 0., 0.);
@@ -706,9 +733,16 @@ node_free(struct node *n)
         ev_timer_stop(n->be->loop, &n->probe_timer);
         ev_timer_stop(n->be->loop, &n->probe_deadline);
         n->probe_gen++;
-        for (int i = 0; i < n->n_conns; i++)
-                rconn_deinit(&n->conns[i].rc);
+        for (int i = 0; i < n->n_conns; i++) {
+                rconn_deinit(&n->conns[i]->rc);
+                free(n->conns[i]);
+        }
+        for (int i = 0; i < n->n_retired; i++) {
+                rconn_deinit(&n->retired[i]->rc);
+                free(n->retired[i]);
+        }
         free(n->conns);
+        free(n->retired);
         free(n);
         return NULL;
 }
@@ -724,7 +758,7 @@ node_move(struct node *n, const struct config_addr *addr)
         resolve_cancel(n->job);
         n->job = NULL;
         for (int i = 0; i < n->n_conns; i++)
-                rconn_close(&n->conns[i].rc, why);
+                rconn_close(&n->conns[i]->rc, why);
         n->is_tearing_down = false;
         ev_timer_stop(n->be->loop, &n->retry);
         n->addr = *addr;
@@ -739,6 +773,73 @@ node_move(struct node *n, const struct config_addr *addr)
         n->state_changes++;
         node_set_label(n);
         node_connect(n);
+}
+
+/*
+ * A reload changed the pool size. Growing adds connections (they connect at
+ * once); shrinking retires the last ones: they take no new commands, answer
+ * what they carry, and are freed by the probe tick once empty — in-flight
+ * requests never fail because of a reload.
+ */
+static int
+node_resize(struct node *n, int size)
+{
+        if (size < 1 || size == n->n_conns)
+                return 0;
+        if (size < n->n_conns) {
+                struct pconn **r = realloc(n->retired, (size_t)(n->n_retired + n->n_conns - size) *
+                                                               sizeof(*r));
+                if (r == NULL)
+                        return -ENOMEM;
+                n->retired = r;
+                while (n->n_conns > size) {
+                        struct pconn *pc = n->conns[--n->n_conns];
+                        pc->is_retired = true;
+                        n->retired[n->n_retired++] = pc;
+                }
+                return 0;
+        }
+        struct pconn **c = realloc(n->conns, (size_t)size * sizeof(*c));
+        if (c == NULL)
+                return -ENOMEM;
+        n->conns = c;
+        while (n->n_conns < size) {
+                struct pconn *pc = calloc(1, sizeof(*pc));
+                if (pc == NULL)
+                        return -ENOMEM;
+                pc->node = n;
+                pc->idx = n->n_conns;
+                rconn_init(&pc->rc, n->be->loop, pconn_on_state, pc, n->label);
+                n->conns[n->n_conns++] = pc;
+        }
+        node_connect(n);
+        return 0;
+}
+
+static void
+node_reconfigure(struct node *n)
+{
+        const struct config *cfg = n->be->cfg;
+        double every = cfg->health_interval_ms / 1000.0;
+
+        if (n->probe_timer.repeat != every) {
+                ev_timer_stop(n->be->loop, &n->probe_timer);
+                ev_timer_set(&n->probe_timer, every, every);
+                ev_timer_start(n->be->loop, &n->probe_timer);
+        }
+        (void)node_resize(n, n->role == ROLE_PRIMARY ? cfg->pool_size : cfg->replica_pool_size);
+}
+
+void
+backend_reconfigure(struct backend *be)
+{
+        const struct config *cfg = be->cfg;
+
+        if (be->sn == NULL)
+                backend_set_topology(be, &cfg->primary_addr, cfg->replica_addrs, cfg->n_replicas);
+        node_reconfigure(be->primary);
+        for (int i = 0; i < be->n_replicas; i++)
+                node_reconfigure(be->replicas[i]);
 }
 
 /* --- backend ------------------------------------------------------------------ */
@@ -1107,15 +1208,15 @@ bcall_attempt(struct bcall *c, struct node *n, const char *cmd, size_t len)
         }
         pc = NULL;
         if (c->aff != NULL && c->n_tries == 0 && c->aff->is_sticky && c->aff->node_id == n->id &&
-            c->aff->idx < n->n_conns && n->conns[c->aff->idx].rc.state == RCONN_UP)
-                pc = &n->conns[c->aff->idx];
+            c->aff->idx < n->n_conns && n->conns[c->aff->idx]->rc.state == RCONN_UP)
+                pc = n->conns[c->aff->idx];
         if (pc == NULL)
                 pc = node_pick_conn(n);
         if (pc == NULL)
                 return -ENOTCONN;
         if (c->aff != NULL && c->n_tries == 0) {
                 c->aff->node_id = n->id;
-                c->aff->idx = (int)(pc - n->conns);
+                c->aff->idx = pc->idx;
         }
         c->attempt_gen++;
         int r = rconn_send(&pc->rc, cmd, len, c->n_replies, bcall_on_reply, c, c->attempt_gen);

@@ -141,6 +141,13 @@ void backend_subscribe(struct backend *be, const char *channel, size_t len,
                        void (*fn)(void *priv, const char *msg, size_t n), void (*up)(void *priv),
                        void *priv);
 
+/*
+ * The configuration changed (reload): follow the static topology (primary,
+ * replicas), pool sizes and probe periods. Client connections and requests
+ * in flight are not disturbed.
+ */
+void backend_reconfigure(struct backend *be);
+
 /* The primary's address as now used (for logs and the admin socket). */
 const struct config_addr *backend_primary_addr(const struct backend *be);
 

@@ -74,11 +74,7 @@ cache_init(struct server *srv)
         buf_init(&cache_env);
         if (envelope_new(&cache_envelope) < 0)
                 return -1;
-        cache_env_cfg.compress = srv->cfg->compression == COMPRESSION_ZLIB;
-        cache_env_cfg.level = srv->cfg->compression_level;
-        cache_env_cfg.threshold = (size_t)srv->cfg->compression_threshold;
-        cache_env_cfg.inline_max = (size_t)srv->cfg->compress_inline_max;
-        cache_env_cfg.max_value_bytes = (size_t)srv->cfg->max_value_bytes;
+        cache_reconfigure();
         /* M = "kcache" NUL prefix NUL: never inside the app's key space. */
         cache_m_len = 6 + 1 + plen + 1;
         cache_m = malloc(cache_m_len);
@@ -93,6 +89,18 @@ cache_init(struct server *srv)
         if (cache_ns == NULL)
                 return -1;
         return 0;
+}
+
+void
+cache_reconfigure(void)
+{
+        const struct config *c = cache_srv->cfg;
+
+        cache_env_cfg.compress = c->compression == COMPRESSION_ZLIB;
+        cache_env_cfg.level = c->compression_level;
+        cache_env_cfg.threshold = (size_t)c->compression_threshold;
+        cache_env_cfg.inline_max = (size_t)c->compress_inline_max;
+        cache_env_cfg.max_value_bytes = (size_t)c->max_value_bytes;
 }
 
 void

@@ -24,6 +24,8 @@ struct server;
 struct json;
 
 int cache_init(struct server *srv);
+/* The configuration was reloaded: take the new compression settings. */
+void cache_reconfigure(void);
 void cache_deinit(void);
 
 #define KC_METHOD(name, n_args_, flags_, opts_, params_, result_)                                  \

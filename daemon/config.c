@@ -198,11 +198,11 @@ static const struct config_key config_keys[K_COUNT] = {
                 "Most keys in one batch request."),
         KEY_INT(K_DRAIN_TIMEOUT_MS, "server", drain_timeout_ms, "5000", 0, 600000, true, NULL,
                 "On shutdown, how long requests in flight may take to finish."),
-        KEY_STR(K_PRIMARY, "redis", primary, CONFIG_T_ADDR, "127.0.0.1:6379", false,
+        KEY_STR(K_PRIMARY, "redis", primary, CONFIG_T_ADDR, "127.0.0.1:6379", true,
                 "REDIS_HOST, REDIS_PORT",
                 "Primary Redis node: host:port, [v6]:port or unix:/absolute/path. Not together "
                 "with [sentinel] addresses."),
-        KEY_STR(K_REPLICAS, "redis", replicas, CONFIG_T_ADDR_LIST, "", false,
+        KEY_STR(K_REPLICAS, "redis", replicas, CONFIG_T_ADDR_LIST, "", true,
                 "REDIS_REPLICAS_HOST_PORT",
                 "Replica Redis nodes, comma separated, written like primary; at most 16. Not "
                 "together with [sentinel] addresses."),
@@ -218,9 +218,9 @@ static const struct config_key config_keys[K_COUNT] = {
         KEY_INT(K_COMMAND_TIMEOUT_MS, "redis", command_timeout_ms, "1000", 1, 600000, true,
                 "REDIS_TIMEOUT",
                 "Time allowed for a Redis reply: the deadline of a request, retry included."),
-        KEY_INT(K_POOL_SIZE, "redis", pool_size, "4", 1, 64, false, NULL,
+        KEY_INT(K_POOL_SIZE, "redis", pool_size, "4", 1, 64, true, NULL,
                 "Connections to the primary; each pipelines its commands."),
-        KEY_INT(K_REPLICA_POOL_SIZE, "redis", replica_pool_size, "2", 1, 64, false, NULL,
+        KEY_INT(K_REPLICA_POOL_SIZE, "redis", replica_pool_size, "2", 1, 64, true, NULL,
                 "Connections to each replica."),
         KEY_ENUM(K_READ_FROM, "redis", "read_from", read_from, read_from_names, "replica", true,
                  "Where reads go: replica (healthy replicas, else the primary), primary, or any "
@@ -1842,4 +1842,109 @@ config_write_example(FILE *out)
                         fprintf(out, "; %s = %s\n", k->key, value);
         }
         config_deinit(&defaults);
+}
+
+/*
+ * Reload: load the file again into a scratch config, then copy into the
+ * running one every reloadable key whose value changed. Modules hold pointers
+ * into *c, so values change in place; strings are swapped, so the scratch
+ * config frees the old ones. Keys that changed but cannot change live keep
+ * their running value and are named, so the operator knows a restart is due.
+ */
+static bool
+key_equal(const struct config *a, const struct config *b, size_t i)
+{
+        const struct config_key *k = &config_keys[i];
+        const char *pa = (const char *)a + k->offset, *pb = (const char *)b + k->offset;
+
+        if (is_string_type(k->type)) {
+                const char *sa = *(char *const *)pa, *sb = *(char *const *)pb;
+                return strcmp(sa != NULL ? sa : "", sb != NULL ? sb : "") == 0;
+        }
+        switch (k->type) {
+        case CONFIG_T_INT64:
+                return *(const int64_t *)pa == *(const int64_t *)pb;
+        case CONFIG_T_MODE:
+                return *(const unsigned *)pa == *(const unsigned *)pb;
+        case CONFIG_T_BOOL:
+                return *(const bool *)pa == *(const bool *)pb;
+        default:
+                return *(const int *)pa == *(const int *)pb;
+        }
+}
+
+static void
+key_take(struct config *dst, struct config *src, size_t i)
+{
+        const struct config_key *k = &config_keys[i];
+        char *pd = (char *)dst + k->offset, *ps = (char *)src + k->offset;
+        size_t n;
+
+        if (is_string_type(k->type)) {
+                char *t = *(char **)pd;
+                *(char **)pd = *(char **)ps;
+                *(char **)ps = t;
+        } else {
+                switch (k->type) {
+                case CONFIG_T_INT64:
+                        n = sizeof(int64_t);
+                        break;
+                case CONFIG_T_MODE:
+                        n = sizeof(unsigned);
+                        break;
+                case CONFIG_T_BOOL:
+                        n = sizeof(bool);
+                        break;
+                default:
+                        n = sizeof(int);
+                        break;
+                }
+                memcpy(pd, ps, n);
+        }
+        dst->sources[i] = src->sources[i];
+        dst->lines[i] = src->lines[i];
+        dst->env_names[i] = src->env_names[i];
+}
+
+static void
+list_add(char *out, size_t len, const char *name)
+{
+        size_t used = strlen(out);
+
+        snprintf(out + used, len - used, "%s%s", used > 0 ? ", " : "", name);
+}
+
+int
+config_reload(struct config *c, char *msg, size_t len)
+{
+        struct config n;
+        char err[512], changed[512] = "", restart[512] = "";
+
+        if (config_load(&n, c->path, err, sizeof(err)) < 0) {
+                config_deinit(&n);
+                snprintf(msg, len, "%s", err);
+                return -1;
+        }
+        for (size_t i = 0; i < K_COUNT; i++) {
+                if (key_equal(c, &n, i))
+                        continue;
+                if (!config_keys[i].reloadable) {
+                        list_add(restart, sizeof(restart), config_keys[i].key);
+                        continue;
+                }
+                key_take(c, &n, i);
+                list_add(changed, sizeof(changed), config_keys[i].key);
+        }
+        /* Values derived at load follow their keys. */
+        c->primary_addr = n.primary_addr;
+        memcpy(c->replica_addrs, n.replica_addrs, sizeof(c->replica_addrs));
+        c->n_replicas = n.n_replicas;
+        memcpy(c->admin_uids, n.admin_uids, sizeof(c->admin_uids));
+        c->n_admin_uids = n.n_admin_uids;
+        memcpy(c->admin_gids, n.admin_gids, sizeof(c->admin_gids));
+        c->n_admin_gids = n.n_admin_gids;
+        config_deinit(&n);
+        snprintf(msg, len, "changed: %s; needs a restart: %s", changed[0] ? changed : "none",
+                 restart[0] ? restart : "none");
+        return 0;
 }

@@ -141,6 +141,13 @@ void config_deinit(struct config *c);
  */
 int config_load(struct config *c, const char *path, char *err, size_t errlen);
 
+/*
+ * Reads c->path again and applies, in place, every reloadable key that
+ * changed. 0 with a summary in msg ("changed: a, b; needs a restart: c"), or
+ * -1 with the reason, the running configuration untouched.
+ */
+int config_reload(struct config *c, char *msg, size_t len);
+
 /* Parses "host:port", "[v6]:port" or "unix:/path". 0 or -1 with err. */
 int config_parse_addr(const char *s, struct config_addr *a, char *err, size_t errlen);
 

@@ -259,8 +259,48 @@ server_on_ready_timer(struct ev_loop *loop, ev_timer *w, int revents)
         server_on_ready(server_of(w, ready_timer));
 }
 
+static void
+server_set_limits(struct server *srv)
+{
+        const struct config *cfg = srv->cfg;
+
+        srv->limits.max_bytes = (size_t)cfg->max_request_bytes;
+        srv->limits.max_nesting = (unsigned)cfg->max_nesting;
+        /* mset's map counts keys and values; room for the envelope and options. */
+        srv->limits.max_elems = 2 * (size_t)cfg->max_batch_keys + 64;
+}
+
 int
-server_init(struct server *srv, struct ev_loop *loop, const struct config *cfg, char *err,
+server_reload(struct server *srv, char *msg, size_t len)
+{
+        if (srv->cfg->path == NULL) {
+                snprintf(msg, len, "kcached was started without -c: nothing to reload");
+                return -1;
+        }
+        if (config_reload(srv->cfg, msg, len) < 0) {
+                log_warn("server", "reload_refused", "server: reload refused, the running "
+                         "configuration stays: %s", msg);
+                return -1;
+        }
+        log_set_level(srv->cfg->log_level);
+        server_set_limits(srv);
+        cache_reconfigure();
+        backend_reconfigure(srv->be);
+        log_info("server", "reload", "server: configuration reloaded: %s", msg);
+        return 0;
+}
+
+static void
+server_on_hup(struct ev_loop *loop, ev_signal *w, int revents)
+{
+        struct server *srv = server_of(w, sig_hup);
+        char msg[1100];
+
+        (void)server_reload(srv, msg, sizeof(msg));
+}
+
+int
+server_init(struct server *srv, struct ev_loop *loop, struct config *cfg, char *err,
             size_t errlen)
 {
         memset(srv, 0, sizeof(*srv));
@@ -268,10 +308,7 @@ server_init(struct server *srv, struct ev_loop *loop, const struct config *cfg, 
         srv->cfg = cfg;
         srv->lfd = -1;
         srv->started = ev_now(loop);
-        srv->limits.max_bytes = (size_t)cfg->max_request_bytes;
-        srv->limits.max_nesting = (unsigned)cfg->max_nesting;
-        /* mset's map counts keys and values; room for the envelope and options. */
-        srv->limits.max_elems = 2 * (size_t)cfg->max_batch_keys + 64;
+        server_set_limits(srv);
         if (!msgpack_zone_init(&srv->zone, 64 * 1024)) {
                 snprintf(err, errlen, "out of memory");
                 return -1;
@@ -300,6 +337,7 @@ server_init(struct server *srv, struct ev_loop *loop, const struct config *cfg, 
                       cfg->connect_timeout_ms / 1000.0 + 1.0, 0.);
         ev_signal_init(&srv->sig_term, server_on_signal, SIGTERM);
         ev_signal_init(&srv->sig_int, server_on_signal, SIGINT);
+        ev_signal_init(&srv->sig_hup, server_on_hup, SIGHUP);
         ev_prepare_init(&srv->flush, server_on_prepare);
         ev_timer_init(&srv->drain_timer, server_on_drain_timeout, 0., 0.);
         return 0;
@@ -318,6 +356,7 @@ server_run(struct server *srv)
         signal(SIGPIPE, SIG_IGN);
         ev_signal_start(srv->loop, &srv->sig_term);
         ev_signal_start(srv->loop, &srv->sig_int);
+        ev_signal_start(srv->loop, &srv->sig_hup);
         ev_prepare_start(srv->loop, &srv->flush);
         ev_timer_start(srv->loop, &srv->ready_timer);
         backend_start(srv->be, server_on_ready, srv);
@@ -340,6 +379,7 @@ server_deinit(struct server *srv)
         ev_prepare_stop(srv->loop, &srv->flush);
         ev_signal_stop(srv->loop, &srv->sig_term);
         ev_signal_stop(srv->loop, &srv->sig_int);
+        ev_signal_stop(srv->loop, &srv->sig_hup);
         ev_timer_stop(srv->loop, &srv->drain_timer);
         ev_timer_stop(srv->loop, &srv->ready_timer);
         srv->admin = admin_free(srv->admin); /* open through the drain, closed at exit */

@@ -25,13 +25,14 @@ struct conn;
 
 struct server {
         struct ev_loop *loop;     /* ref */
-        const struct config *cfg; /* ref, outlives the server */
+        struct config *cfg; /* ref, outlives the server; changed in place by reload */
         struct backend *be;       /* owned */
         struct admin *admin;      /* owned; NULL when [admin] socket is "" */
         int lfd;
         ev_io lio;
         ev_signal sig_term;
         ev_signal sig_int;
+        ev_signal sig_hup;
         ev_prepare flush;
         ev_timer drain_timer;
         ev_timer ready_timer; /* listen even if the first Redis attempt hangs (slow DNS) */
@@ -49,8 +50,16 @@ struct server {
 };
 
 /* 0, or -1 with a reason in err (socket in use, bind failed...). */
-int server_init(struct server *srv, struct ev_loop *loop, const struct config *cfg, char *err,
+int server_init(struct server *srv, struct ev_loop *loop, struct config *cfg, char *err,
                 size_t errlen);
+
+/*
+ * Re-reads the configuration file and applies what can change live (log
+ * level, timeouts, TTLs, compression, limits, backends). Client connections
+ * and requests in flight are untouched. 0 with a summary in msg, or -1 with
+ * the reason (an invalid file changes nothing). SIGHUP does the same.
+ */
+int server_reload(struct server *srv, char *msg, size_t len);
 void server_deinit(struct server *srv);
 
 /* Runs the loop until drained after SIGTERM/SIGINT. Returns the exit code. */
