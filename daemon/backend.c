@@ -234,10 +234,11 @@ node_failure(struct node *n, enum err_class cls, const char *why)
         n->consec_fail++;
         if (n->is_healthy && n->consec_fail >= (unsigned)n->be->cfg->failure_threshold) {
                 char msg[300];
-                snprintf(msg, sizeof(msg), "%u failures in a row, last: %s", n->consec_fail, why);
+                snprintf(msg, sizeof(msg), "%u failures in a row, last: %.200s", n->consec_fail,
+                         why);
                 node_set_healthy(n, false, msg);
         } else if (!n->is_healthy && n->why_down[0] == '\0') {
-                snprintf(n->why_down, sizeof(n->why_down), "%s", why);
+                snprintf(n->why_down, sizeof(n->why_down), "%.190s", why);
         }
 }
 
@@ -1174,6 +1175,7 @@ static void bcall_on_reply(void *priv, uint32_t gen, redisReply *reply, int err)
 static void
 bcall_finish(struct bcall *c, redisReply *reply, int err)
 {
+        c->rc = NULL;
         c->is_active = false;
         c->node = NULL;
         ev_timer_stop(c->be->loop, &c->attempt_timer);
@@ -1222,6 +1224,7 @@ bcall_attempt(struct bcall *c, struct node *n, const char *cmd, size_t len)
         int r = rconn_send(&pc->rc, cmd, len, c->n_replies, bcall_on_reply, c, c->attempt_gen);
         if (r < 0)
                 return r;
+        c->rc = &pc->rc;
         n->requests++;
         if (inflight + 1 > n->max_inflight)
                 n->max_inflight = inflight + 1;
@@ -1278,7 +1281,11 @@ bcall_on_attempt_timeout(struct ev_loop *loop, ev_timer *w, int revents)
         snprintf(why, sizeof(why), "command: no answer within %.0f ms",
                  (ev_now(loop) - c->sent_at) * 1000);
         if (bcall_can_retry(c)) {
-                c->attempt_gen++; /* abandon: its late reply will be ignored */
+                /* Abandon it: its late reply is dropped by the connection. */
+                if (c->rc != NULL)
+                        rconn_forget(c->rc, c, c->attempt_gen);
+                c->rc = NULL;
+                c->attempt_gen++;
                 node_failure(n, EC_TIMEOUT, why);
                 if (!bcall_retry(c))
                         bcall_finish(c, NULL, BACKEND_E_DOWN);
@@ -1298,6 +1305,7 @@ bcall_on_reply(void *priv, uint32_t gen, redisReply *reply, int err)
                 stats.late_redis_replies++;
                 return;
         }
+        c->rc = NULL; /* this attempt's queue entry is consumed */
         ev_timer_stop(c->be->loop, &c->attempt_timer);
         node_latency(n, ev_now(c->be->loop) - c->sent_at);
         n->last_reply = ev_now(c->be->loop);
@@ -1392,6 +1400,10 @@ backend_call_cancel(struct bcall *c)
 {
         if (!c->is_active)
                 return;
+        /* The owner may free c now: nothing queued may name it any more. */
+        if (c->rc != NULL)
+                rconn_forget(c->rc, c, c->attempt_gen);
+        c->rc = NULL;
         c->is_active = false;
         c->attempt_gen++;
         c->node = NULL;

@@ -67,6 +67,7 @@ struct bcall {
         uint32_t gen;      /* the owner's generation, passed back to fn */
         struct backend *be;  /* ref */
         struct node *node;   /* ref: node of the current attempt */
+        struct rconn *rc;    /* ref: the connection carrying the current attempt */
         struct backend_affinity *aff; /* ref, owned by the client connection; may be NULL */
         uint32_t attempt_gen; /* handed to rconn; bumped so stale replies miss */
         unsigned n_replies;

@@ -51,6 +51,8 @@ struct lentry {
         bool has_stale;
         struct bcall call; /* a release on behalf of a vanished holder */
         uint32_t call_gen;
+        bool call_pending; /* call's completion is due: the memory must outlive it */
+        bool is_zombie;    /* freed while call_pending: the completion frees it */
 };
 
 static struct server *lease_srv;
@@ -84,7 +86,6 @@ static void
 entry_free(struct lentry *e)
 {
         ev_timer_stop(lease_srv->loop, &e->timer);
-        backend_call_cancel(&e->call);
         if (e->prev != NULL)
                 e->prev->next = e->next;
         else
@@ -96,6 +97,14 @@ entry_free(struct lentry *e)
         free(e->field);
         free(e->lk);
         free(e->stale);
+        e->id = e->key = e->field = e->lk = NULL;
+        e->stale = NULL;
+        /* A release sent for a vanished holder still names e: let it land first. */
+        if (e->call_pending) {
+                e->is_zombie = true;
+                e->next = e->prev = NULL;
+                return;
+        }
         free(e);
 }
 
@@ -683,6 +692,11 @@ on_sys_release(void *priv, uint32_t gen, redisReply *reply, int err)
 {
         struct lentry *e = priv;
 
+        e->call_pending = false;
+        if (e->is_zombie) {
+                free(e);
+                return;
+        }
         if (gen != e->call_gen)
                 return;
         entry_drive(e);
@@ -697,6 +711,13 @@ lease_conn_closed(uint64_t conn_id)
                 next = e->next;
                 if (e->state != L_HELD || e->holder != conn_id)
                         continue;
+                if (e->call_pending) {
+                        /* An earlier release is still on its way: the Redis lease
+                         * expires by itself; pass it on here now. */
+                        e->holder = 0;
+                        entry_drive(e);
+                        continue;
+                }
                 /* Give the lease back in Redis, then pass it on. */
                 e->holder = 0;
                 cache_eval_start(&e->proto, SCRIPT_RELEASE, 3);
@@ -711,6 +732,8 @@ lease_conn_closed(uint64_t conn_id)
                                                  lease_srv->cfg->command_timeout_ms / 1000.0,
                                          NULL, on_sys_release, e, ++e->call_gen) != 0)
                                 entry_drive(e);
+                        else
+                                e->call_pending = true;
                 }
         }
 }

@@ -183,6 +183,24 @@ rconn_send(struct rconn *rc, const char *cmd, size_t len, unsigned n_replies, rc
         return 0;
 }
 
+static void
+rconn_dropped(void *priv, uint32_t gen, redisReply *reply, int err)
+{
+        stats.late_redis_replies++;
+}
+
+void
+rconn_forget(struct rconn *rc, void *priv, uint32_t gen)
+{
+        for (size_t i = 0; i < rc->q_len; i++) {
+                struct rconn_pending *p = &rc->q[(rc->q_head + i) % rc->q_cap];
+                if (p->priv == priv && p->gen == gen) {
+                        p->fn = rconn_dropped;
+                        p->priv = NULL;
+                }
+        }
+}
+
 void
 rconn_set_push(struct rconn *rc, rconn_push_fn fn, void *priv)
 {

@@ -100,6 +100,13 @@ int rconn_connect(struct rconn *rc, const struct sockaddr *addr, socklen_t len,
 int rconn_send(struct rconn *rc, const char *cmd, size_t len, unsigned n_replies,
                rconn_reply_fn fn, void *priv, uint32_t gen);
 
+/*
+ * The owner of priv gave up on the command sent with (priv, gen): its
+ * callback will not be called, so priv's memory may go. The reply still
+ * arrives and is dropped, keeping the queue in step with Redis.
+ */
+void rconn_forget(struct rconn *rc, void *priv, uint32_t gen);
+
 /* Subscriber connections: replies beyond the queue go to fn (NULL to refuse them). */
 void rconn_set_push(struct rconn *rc, rconn_push_fn fn, void *priv);
 
