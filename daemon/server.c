@@ -43,6 +43,8 @@
 
 #define SERVER_ACCEPT_BATCH 64
 
+static void server_notify(const char *state);
+
 #define server_of(ptr, member) ((struct server *)((char *)(ptr) - offsetof(struct server, member)))
 
 int
@@ -220,6 +222,7 @@ server_on_signal(struct ev_loop *loop, ev_signal *w, int revents)
         log_info("server", "drain", "server: signal %d: draining %u client(s)", w->signum,
                  srv->n_clients);
         srv->is_draining = true;
+        server_notify("STOPPING=1");
         server_stop_listening(srv);
         ev_timer_set(&srv->drain_timer, srv->cfg->drain_timeout_ms / 1000.0, 0.);
         ev_timer_start(loop, &srv->drain_timer);
@@ -228,6 +231,33 @@ server_on_signal(struct ev_loop *loop, ev_signal *w, int revents)
                 conn_drain(c);
         }
         server_check_drained(srv);
+}
+
+/*
+ * systemd's readiness protocol without libsystemd: one datagram to
+ * $NOTIFY_SOCKET (a path, or an abstract name starting with '@'). Silent
+ * when not run by systemd.
+ */
+static void
+server_notify(const char *state)
+{
+        const char *path = getenv("NOTIFY_SOCKET");
+        struct sockaddr_un sun = {.sun_family = AF_UNIX};
+        size_t n;
+        int fd;
+
+        if (path == NULL || (path[0] != '/' && path[0] != '@') ||
+            (n = strlen(path)) >= sizeof(sun.sun_path))
+                return;
+        memcpy(sun.sun_path, path, n);
+        if (sun.sun_path[0] == '@')
+                sun.sun_path[0] = '\0';
+        fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (fd == -1)
+                return;
+        (void)sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&sun,
+                     (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n));
+        close(fd);
 }
 
 /* The first Redis attempt finished (or took too long): open the socket. */
@@ -251,6 +281,7 @@ server_on_ready(void *priv)
         ev_io_set(&srv->lio, srv->lfd, EV_READ);
         ev_io_start(srv->loop, &srv->lio);
         log_info("server", "listening", "server: listening on %s", srv->cfg->socket);
+        server_notify("READY=1");
 }
 
 static void
@@ -282,11 +313,13 @@ server_reload(struct server *srv, char *msg, size_t len)
                          "configuration stays: %s", msg);
                 return -1;
         }
+        server_notify("RELOADING=1");
         log_set_level(srv->cfg->log_level);
         server_set_limits(srv);
         cache_reconfigure();
         backend_reconfigure(srv->be);
         log_info("server", "reload", "server: configuration reloaded: %s", msg);
+        server_notify("READY=1");
         return 0;
 }
 

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from conftest import (stored_payload, RpcClient, T, assert_healthy, err_code, free_port, pack, wait_until)
+from conftest import (stored_payload, RpcClient, T, admin_json, assert_healthy, err_code, free_port,
+                      pack, wait_until)
 
 
 def connect_fails(path):
@@ -109,6 +110,60 @@ def test_drain_answers_in_flight_request(harness, redis):
     assert c.recv_response(msgid, timeout=10) == (None, b"drained")
     assert c.is_closed(timeout=5)
     assert k.wait_exit(10) == 0
+
+
+def test_drain_answers_500_pipelined_requests(harness, redis):
+    """SIGTERM with 500 requests pipelined before the signal: all 500 answered
+    (each exactly once, all successful), exit 0, socket removed."""
+    n = 500
+    k = harness.kcached(redis, ini={
+        "server": {"drain_timeout_ms": int(60000 * T(1))},
+        "redis": {"command_timeout_ms": int(10000 * T(1))},
+        # No probe may fail while Redis is frozen: a node marked down fails
+        # what it has in flight, and this test is about the drain.
+        "health": {"interval_ms": 60000, "timeout_ms": 60000}})
+    c = k.client()
+    preset = {f"pre:{i}": b"value-%d" % i for i in range(n // 2)}
+    for key, v in preset.items():
+        c.ok("set", key, v)
+    expected = {}  # msgid -> result
+    batch = []
+    for i in range(n):
+        msgid = 100000 + i
+        if i % 2 == 0:
+            batch.append(pack([0, msgid, "set", [f"new:{i}", b"new-%d" % i]]))
+            expected[msgid] = True
+        else:
+            key = f"pre:{i // 2}"
+            batch.append(pack([0, msgid, "get", [key]]))
+            expected[msgid] = preset[key]
+    redis.freeze()
+    try:
+        c.send_raw(b"".join(batch))
+        wait_until(lambda: admin_json(k, "stats")["inflight"] >= n, 10,
+                   f"{n} requests in flight (admin stats)")
+        k.signal(signal.SIGTERM)
+        wait_until(lambda: not os.path.exists(k.sock), 5, "socket file removed after SIGTERM")
+        assert connect_fails(k.sock)
+        assert k.alive(), "kcached exited with requests in flight"
+    finally:
+        redis.thaw()
+    got = {}
+    while len(got) < n:
+        obj = c.recv_obj(timeout=10)
+        assert isinstance(obj, list) and len(obj) == 4 and obj[0] == 1, f"not a response: {obj!r}"
+        _, msgid, err, res = obj
+        assert msgid in expected, f"response to an unknown msgid {msgid}"
+        assert msgid not in got, f"second response to msgid {msgid}: {err!r} {res!r}"
+        got[msgid] = (err, res)
+    bad = {m: r for m, r in got.items() if r != (None, expected[m])}
+    assert not bad, f"{len(bad)} of {n} requests failed, e.g. {list(bad.items())[:5]}"
+    # Nothing more (no duplicate), then kcached closes the connection and exits.
+    assert c.is_closed(timeout=10)
+    assert not c.stash and not c.others, (c.stash, c.others)
+    assert k.wait_exit(10) == 0
+    assert not os.path.exists(k.sock)
+    assert stored_payload(redis.cmd("GET", b"kc:new:0")) == b"new-0"
 
 
 def test_drain_timeout_answers_unavailable(harness, redis):
@@ -285,3 +340,22 @@ def test_unresolvable_primary_is_unavailable_not_a_hang(harness):
     assert err_code(err) == "UNAVAILABLE"
     assert time.monotonic() - t0 < T(2.0)
     assert c.call("ping") == (None, "pong")
+
+
+def test_systemd_ready_notification(harness, redis):
+    """Type=notify: READY=1 arrives on $NOTIFY_SOCKET once the socket listens
+    (so a request then is served), STOPPING=1 when the drain starts."""
+    import socket as _socket
+    path = os.path.join(harness.tmp, "notify.sock")
+    n = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+    n.bind(path)
+    n.settimeout(T(10))
+    k = harness.kcached(redis, env={"NOTIFY_SOCKET": path}, start=False)
+    k.start(wait=False)
+    assert n.recv(256) == b"READY=1"
+    with k.client() as c:
+        assert c.call("set", "r", b"v") == (None, True)
+    os.kill(k.pid, signal.SIGTERM)
+    assert n.recv(256) == b"STOPPING=1"
+    assert k.wait_exit(T(10)) == 0
+    n.close()
