@@ -81,6 +81,15 @@ rconn_init(struct rconn *rc, struct ev_loop *loop, rconn_state_fn on_state, void
 void
 rconn_deinit(struct rconn *rc)
 {
+        /* Its memory is about to go: it must not stay on the flush list. */
+        if (rc->is_dirty) {
+                struct rconn **pp = &rconn_dirty_head;
+                while (*pp != NULL && *pp != rc)
+                        pp = &(*pp)->flush_next;
+                if (*pp == rc)
+                        *pp = rc->flush_next;
+                rc->is_dirty = false;
+        }
         rc->on_state = NULL;
         if (rc->state != RCONN_IDLE)
                 rconn_close(rc, "shutting down");
