@@ -360,6 +360,15 @@ pconn_on_state(struct rconn *rc, enum rconn_event ev, const char *why)
         }
         if (n->is_tearing_down)
                 return;
+        /* Say "auth failed" plainly: it is the one failure only an operator can fix. */
+        char authwhy[300];
+        if (why != NULL && strncmp(why, "handshake: ", 11) == 0 &&
+            (strstr(why, "WRONGPASS") != NULL || strstr(why, "NOAUTH") != NULL ||
+             strstr(why, "invalid password") != NULL || strstr(why, "invalid username") != NULL ||
+             strstr(why, "AUTH") != NULL)) {
+                snprintf(authwhy, sizeof(authwhy), "auth failed: %.250s", why + 11);
+                why = authwhy;
+        }
         if (n->is_healthy || n->consec_fail == 0)
                 log_warn("backend", "conn_down", "backend: %s: %s", n->label, why);
         else
@@ -851,18 +860,24 @@ backend_build_handshake(struct backend *be)
         const struct config *cfg = be->cfg;
         char db[16];
         char *cmd = NULL;
-        const char *argv[2];
-        size_t argvlen[2];
+        const char *argv[3];
+        size_t argvlen[3];
         int len;
         struct buf b = BUF_INIT;
 
         be->n_handshake = 0;
         if (cfg->password[0] != '\0') {
-                argv[0] = "AUTH";
-                argv[1] = cfg->password;
-                argvlen[0] = 4;
-                argvlen[1] = strlen(cfg->password);
-                len = redisFormatCommandArgv(&cmd, 2, argv, argvlen);
+                /* AUTH [username] password: an ACL user when one is configured. */
+                int n = 0;
+                argv[n] = "AUTH";
+                argvlen[n++] = 4;
+                if (cfg->username != NULL && cfg->username[0] != '\0') {
+                        argv[n] = cfg->username;
+                        argvlen[n++] = strlen(cfg->username);
+                }
+                argv[n] = cfg->password;
+                argvlen[n++] = strlen(cfg->password);
+                len = redisFormatCommandArgv(&cmd, n, argv, argvlen);
                 if (len < 0 || buf_append(&b, cmd, (size_t)len) < 0)
                         goto fail;
                 redisFreeCommand(cmd);
@@ -905,6 +920,7 @@ backend_new(struct backend **out, struct ev_loop *loop, const struct config *cfg
                 return -ENOMEM;
         be->loop = loop;
         be->cfg = cfg;
+        rconn_set_limits(cfg->max_reply_elements, (size_t)cfg->max_reply_bytes);
         rconn_init(&be->sub, loop, sub_on_state, be, "subscriber");
         rconn_set_push(&be->sub, sub_on_push, be);
         ev_timer_init(&be->sub_retry, sub_on_retry, 0., 0.);

@@ -76,13 +76,23 @@ enum {
         K_MAX_NESTING,
         K_MAX_BATCH_KEYS,
         K_DRAIN_TIMEOUT_MS,
+        K_MAX_INFLIGHT_PER_CLIENT,
+        K_MAX_OUTPUT_BYTES_PER_CLIENT,
+        K_IDLE_TIMEOUT_S,
+        K_REQUEST_READ_TIMEOUT_MS,
+        K_SOCKET_GROUP,
+        K_ALLOWED_UIDS,
+        K_ALLOWED_GIDS,
         K_PRIMARY,
         K_REPLICAS,
+        K_USERNAME,
         K_PASSWORD,
         K_PASSWORD_FILE,
         K_DB,
         K_CONNECT_TIMEOUT_MS,
         K_COMMAND_TIMEOUT_MS,
+        K_MAX_REPLY_ELEMENTS,
+        K_MAX_REPLY_BYTES,
         K_POOL_SIZE,
         K_REPLICA_POOL_SIZE,
         K_READ_FROM,
@@ -198,6 +208,30 @@ static const struct config_key config_keys[K_COUNT] = {
                 "Most keys in one batch request."),
         KEY_INT(K_DRAIN_TIMEOUT_MS, "server", drain_timeout_ms, "5000", 0, 600000, true, NULL,
                 "On shutdown, how long requests in flight may take to finish."),
+        KEY_INT(K_MAX_INFLIGHT_PER_CLIENT, "server", max_inflight_per_client, "1024", 1, 1000000,
+                true, NULL,
+                "Requests one client may have in flight; past it kcached stops reading from "
+                "that client until answers drain (backpressure)."),
+        KEY_INT(K_MAX_OUTPUT_BYTES_PER_CLIENT, "server", max_output_bytes_per_client, "67108864",
+                65536, 4294967296, true, NULL,
+                "Answers waiting for a client that does not read; past it the client is "
+                "disconnected."),
+        KEY_INT(K_IDLE_TIMEOUT_S, "server", idle_timeout_s, "0", 0, 86400, true, NULL,
+                "Close a client idle (nothing in flight, nothing sent) this long, in seconds; "
+                "0 keeps idle clients."),
+        KEY_INT(K_REQUEST_READ_TIMEOUT_MS, "server", request_read_timeout_ms, "10000", 0, 3600000,
+                true, NULL,
+                "Close a client that leaves a request half-written this long (slowloris); 0 "
+                "waits forever."),
+        KEY_STR(K_SOCKET_GROUP, "server", socket_group, CONFIG_T_GROUP, "", false, NULL,
+                "Group given to the client socket (a name or a number), the group app "
+                "containers run as; empty leaves kcached's own group."),
+        KEY_STR(K_ALLOWED_UIDS, "server", allowed_uids, CONFIG_T_USER_LIST, "", true, NULL,
+                "Users (names or numbers, comma separated) allowed on the client socket "
+                "besides root and kcached's own user; empty allows whoever can open it."),
+        KEY_STR(K_ALLOWED_GIDS, "server", allowed_gids, CONFIG_T_GROUP_LIST, "", true, NULL,
+                "Groups whose members (primary group) are allowed on the client socket; with "
+                "allowed_uids, a peer matching either is let in."),
         KEY_STR(K_PRIMARY, "redis", primary, CONFIG_T_ADDR, "127.0.0.1:6379", true,
                 "REDIS_HOST, REDIS_PORT",
                 "Primary Redis node: host:port, [v6]:port or unix:/absolute/path. Not together "
@@ -206,6 +240,8 @@ static const struct config_key config_keys[K_COUNT] = {
                 "REDIS_REPLICAS_HOST_PORT",
                 "Replica Redis nodes, comma separated, written like primary; at most 16. Not "
                 "together with [sentinel] addresses."),
+        KEY_STR(K_USERNAME, "redis", username, CONFIG_T_STRING, "", false, NULL,
+                "ACL user sent with AUTH username password; empty for the default user."),
         KEY_STR(K_PASSWORD, "redis", password, CONFIG_T_STRING, "", false, "REDIS_PASSWORD",
                 "Password sent with AUTH; empty for none. Prefer password_file."),
         KEY_STR(K_PASSWORD_FILE, "redis", password_file, CONFIG_T_STRING, "", false,
@@ -218,6 +254,12 @@ static const struct config_key config_keys[K_COUNT] = {
         KEY_INT(K_COMMAND_TIMEOUT_MS, "redis", command_timeout_ms, "1000", 1, 600000, true,
                 "REDIS_TIMEOUT",
                 "Time allowed for a Redis reply: the deadline of a request, retry included."),
+        KEY_INT(K_MAX_REPLY_ELEMENTS, "redis", max_reply_elements, "1048576", 16, 100000000,
+                false, NULL,
+                "Largest array a Redis reply may declare; more is refused as a node failure."),
+        KEY_INT(K_MAX_REPLY_BYTES, "redis", max_reply_bytes, "536870912", 65536, 4294967296,
+                false, NULL,
+                "Most bytes buffered for one Redis reply; more is refused as a node failure."),
         KEY_INT(K_POOL_SIZE, "redis", pool_size, "4", 1, 64, true, NULL,
                 "Connections to the primary; each pipelines its commands."),
         KEY_INT(K_REPLICA_POOL_SIZE, "redis", replica_pool_size, "2", 1, 64, true, NULL,
@@ -976,6 +1018,15 @@ derive_addrs(struct config *c, char *why, size_t whylen)
         c->admin_gid = 0;
         if (c->has_admin_gid &&
             parse_id(c->admin_socket_group, true, &c->admin_gid, why, whylen) != 0)
+                return -1;
+        c->has_client_gid = c->socket_group[0] != '\0';
+        c->client_gid = 0;
+        if (c->has_client_gid && parse_id(c->socket_group, true, &c->client_gid, why, whylen) != 0)
+                return -1;
+        if (parse_id_list(c->allowed_uids, false, c->client_uids, &c->n_client_uids, why,
+                          whylen) != 0 ||
+            parse_id_list(c->allowed_gids, true, c->client_gids, &c->n_client_gids, why,
+                          whylen) != 0)
                 return -1;
         if (parse_id_list(c->admin_allowed_uids, false, c->admin_uids, &c->n_admin_uids, why,
                           whylen) != 0 ||
@@ -1939,6 +1990,10 @@ config_reload(struct config *c, char *msg, size_t len)
         c->primary_addr = n.primary_addr;
         memcpy(c->replica_addrs, n.replica_addrs, sizeof(c->replica_addrs));
         c->n_replicas = n.n_replicas;
+        memcpy(c->client_uids, n.client_uids, sizeof(c->client_uids));
+        c->n_client_uids = n.n_client_uids;
+        memcpy(c->client_gids, n.client_gids, sizeof(c->client_gids));
+        c->n_client_gids = n.n_client_gids;
         memcpy(c->admin_uids, n.admin_uids, sizeof(c->admin_uids));
         c->n_admin_uids = n.n_admin_uids;
         memcpy(c->admin_gids, n.admin_gids, sizeof(c->admin_gids));
@@ -1947,4 +2002,14 @@ config_reload(struct config *c, char *msg, size_t len)
         snprintf(msg, len, "changed: %s; needs a restart: %s", changed[0] ? changed : "none",
                  restart[0] ? restart : "none");
         return 0;
+}
+
+int
+config_source_of(const struct config *c, const char *section, const char *key)
+{
+        for (size_t i = 0; i < K_COUNT; i++)
+                if (strcmp(config_keys[i].section, section) == 0 &&
+                    strcmp(config_keys[i].key, key) == 0)
+                        return (int)c->sources[i];
+        return -1;
 }

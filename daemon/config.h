@@ -58,14 +58,24 @@ struct config {
         int max_nesting;
         int max_batch_keys;
         int drain_timeout_ms;
+        int max_inflight_per_client;
+        int64_t max_output_bytes_per_client;
+        int idle_timeout_s;               /* 0: off */
+        int request_read_timeout_ms;      /* 0: off */
+        char *socket_group;               /* owned; "" leaves the group alone */
+        char *allowed_uids;               /* owned; "" = whoever can open the socket */
+        char *allowed_gids;               /* owned */
         /* [redis] */
         char *primary;             /* owned; as written */
         char *replicas;            /* owned; comma list as written, "" for none */
+        char *username;            /* owned; ACL user, "" for none */
         char *password;            /* owned; "" for none; never logged */
         char *password_file;       /* owned; "" for none; read at load into password */
         int db;
         int connect_timeout_ms;
         int command_timeout_ms;
+        int max_reply_elements;
+        int64_t max_reply_bytes;
         int pool_size;                  /* connections to the primary */
         int replica_pool_size;          /* connections to each replica */
         int read_from;                  /* enum config_read_from */
@@ -116,6 +126,12 @@ struct config {
         int n_sentinels; /* > 0: the primary and replicas come from Sentinel */
         bool has_admin_gid;           /* socket_group is set: chown the admin socket to it */
         uint32_t admin_gid;           /* socket_group, resolved at load */
+        bool has_client_gid;
+        uint32_t client_gid;                  /* [server] socket_group, resolved */
+        uint32_t client_uids[CONFIG_MAX_IDS]; /* [server] allowed_uids, resolved */
+        int n_client_uids;
+        uint32_t client_gids[CONFIG_MAX_IDS];
+        int n_client_gids;
         uint32_t admin_uids[CONFIG_MAX_IDS]; /* allowed_uids, resolved at load */
         int n_admin_uids;
         uint32_t admin_gids[CONFIG_MAX_IDS]; /* allowed_gids, resolved at load */
@@ -147,6 +163,9 @@ int config_load(struct config *c, const char *path, char *err, size_t errlen);
  * -1 with the reason, the running configuration untouched.
  */
 int config_reload(struct config *c, char *msg, size_t len);
+
+/* Where a key's running value came from; -1 for an unknown key. */
+int config_source_of(const struct config *c, const char *section, const char *key);
 
 /* Parses "host:port", "[v6]:port" or "unix:/path". 0 or -1 with err. */
 int config_parse_addr(const char *s, struct config_addr *a, char *err, size_t errlen);

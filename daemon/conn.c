@@ -32,8 +32,7 @@
  * stops executing requests already buffered) until answers drain, instead of
  * queueing without bound. The hardening issue makes both configurable.
  */
-#define CONN_MAX_INFLIGHT 4096
-#define CONN_OUT_HIGH     (32u << 20)
+#define CONN_OUT_HIGH     (32u << 20) /* stop reading past this much pending output */
 
 #define conn_of(ptr, member) ((struct conn *)((char *)(ptr) - offsetof(struct conn, member)))
 
@@ -43,11 +42,71 @@ static void conn_on_read(struct ev_loop *loop, ev_io *w, int revents);
 static void conn_on_write(struct ev_loop *loop, ev_io *w, int revents);
 static void conn_on_close_timer(struct ev_loop *loop, ev_timer *w, int revents);
 static void conn_unthrottle(struct conn *c);
+static void conn_on_idle_timer(struct ev_loop *loop, ev_timer *w, int revents);
+
+/*
+ * One timer serves both idle_timeout_s (nothing in flight, nothing arriving)
+ * and request_read_timeout_ms (a request left half-written). It is armed for
+ * the nearer of the two and re-checks the facts when it fires, so activity
+ * never touches the timer itself.
+ */
+static void
+conn_arm_idle(struct conn *c)
+{
+        const struct config *cfg = c->srv->cfg;
+        double at = 0;
+
+        if (cfg->idle_timeout_s > 0)
+                at = c->last_active + cfg->idle_timeout_s;
+        if (cfg->request_read_timeout_ms > 0 && c->partial_since > 0) {
+                double t = c->partial_since + cfg->request_read_timeout_ms / 1000.0;
+                if (at == 0 || t < at)
+                        at = t;
+        }
+        if (at == 0)
+                return;
+        ev_timer_stop(c->srv->loop, &c->idle_timer);
+        ev_timer_set(&c->idle_timer, at - ev_now(c->srv->loop) > 0.001 ? at - ev_now(c->srv->loop)
+                                                                        : 0.001,
+                     0.);
+        ev_timer_start(c->srv->loop, &c->idle_timer);
+}
+
+static void
+conn_on_idle_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+        struct conn *c = conn_of(w, idle_timer);
+        const struct config *cfg = c->srv->cfg;
+        double now = ev_now(loop);
+
+        if (cfg->request_read_timeout_ms > 0 && c->partial_since > 0 &&
+            now - c->partial_since >= cfg->request_read_timeout_ms / 1000.0 - 0.0005) {
+                stats.clients_closed_slow++;
+                conn_close(c, "request left half-written past request_read_timeout_ms");
+                return;
+        }
+        if (cfg->idle_timeout_s > 0 && c->n_inflight == 0 && buf_size(&c->in) == 0 &&
+            now - c->last_active >= cfg->idle_timeout_s - 0.0005) {
+                stats.clients_closed_idle++;
+                conn_close(c, "idle past idle_timeout_s");
+                return;
+        }
+        conn_arm_idle(c);
+}
+
+static size_t
+conn_out_high(const struct conn *c)
+{
+        size_t hard = (size_t)c->srv->cfg->max_output_bytes_per_client;
+
+        return hard / 2 < CONN_OUT_HIGH ? hard / 2 : CONN_OUT_HIGH;
+}
 
 static bool
 conn_over_limits(const struct conn *c)
 {
-        return c->n_inflight >= CONN_MAX_INFLIGHT || buf_size(&c->out) >= CONN_OUT_HIGH;
+        return c->n_inflight >= (unsigned)c->srv->cfg->max_inflight_per_client ||
+               buf_size(&c->out) >= conn_out_high(c);
 }
 
 static int
@@ -77,11 +136,78 @@ conn_peer_cred(struct conn *c)
         c->gid = (uint32_t)cred.gid;
 }
 
+static bool
+id_in(uint32_t id, const uint32_t *ids, int n)
+{
+        for (int i = 0; i < n; i++)
+                if (ids[i] == id)
+                        return true;
+        return false;
+}
+
+/*
+ * allowed_uids / allowed_gids, checked on the kernel's credentials before a
+ * byte is read. Empty lists leave the decision to the socket's mode and
+ * group. Root and kcached's own user are always let in.
+ */
+static bool
+conn_peer_allowed(const struct server *srv, int fd, struct ucred *cred)
+{
+        const struct config *cfg = srv->cfg;
+        socklen_t len = sizeof(*cred);
+
+        if (cfg->n_client_uids == 0 && cfg->n_client_gids == 0)
+                return true;
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, cred, &len) == -1 || len != sizeof(*cred))
+                return false;
+        return cred->uid == 0 || cred->uid == geteuid() ||
+               id_in(cred->uid, cfg->client_uids, cfg->n_client_uids) ||
+               id_in(cred->gid, cfg->client_gids, cfg->n_client_gids);
+}
+
+static struct log_limit conn_refuse_limit;
+
+/* max_clients: one notification, best effort on a fresh socket, then close. */
+static void
+conn_refuse_max(struct server *srv, int fd)
+{
+        struct buf b = BUF_INIT;
+        msgpack_packer pk;
+        char msg[96];
+
+        snprintf(msg, sizeof(msg), "kcached serves at most %d clients (max_clients)",
+                 srv->cfg->max_clients);
+        msgpack_packer_init(&pk, &b, buf_msgpack_write);
+        if (rpc_pack_error_notify_code(&pk, "TOO_MANY_CLIENTS", msg) == 0)
+                (void)send(fd, b.data, b.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        buf_deinit(&b);
+        close(fd);
+        stats.clients_rejected_max++;
+        if (log_ratelimit(&conn_refuse_limit, 5))
+                log_warn("conn", "max_clients", "conn: refused a client: %d clients connected "
+                         "(max_clients)", srv->n_clients);
+}
+
 void
 conn_accept(struct server *srv, int fd)
 {
-        struct conn *c = calloc(1, sizeof(*c));
+        struct ucred cred = {0, 0, 0};
+        struct conn *c;
 
+        if (!conn_peer_allowed(srv, fd, &cred)) {
+                close(fd);
+                stats.clients_refused++;
+                if (log_ratelimit(&conn_refuse_limit, 5))
+                        log_warn("conn", "refused", "conn: refused a client (pid %ld, uid %ld, gid "
+                                 "%ld): not in allowed_uids or allowed_gids",
+                                 (long)cred.pid, (long)cred.uid, (long)cred.gid);
+                return;
+        }
+        if (srv->n_clients >= (unsigned)srv->cfg->max_clients) {
+                conn_refuse_max(srv, fd);
+                return;
+        }
+        c = calloc(1, sizeof(*c));
         if (c == NULL) {
                 close(fd);
                 return;
@@ -98,6 +224,9 @@ conn_accept(struct server *srv, int fd)
         ev_io_init(&c->rio, conn_on_read, fd, EV_READ);
         ev_io_init(&c->wio, conn_on_write, fd, EV_WRITE);
         ev_timer_init(&c->close_timer, conn_on_close_timer, CONN_CLOSE_WAIT, 0.);
+        ev_timer_init(&c->idle_timer, conn_on_idle_timer, 0., 0.);
+        c->last_active = ev_now(srv->loop);
+        conn_arm_idle(c);
         ev_io_start(srv->loop, &c->rio);
         c->next = srv->conns;
         if (srv->conns != NULL)
@@ -133,6 +262,7 @@ conn_close(struct conn *c, const char *why)
         ev_io_stop(srv->loop, &c->rio);
         ev_io_stop(srv->loop, &c->wio);
         ev_timer_stop(srv->loop, &c->close_timer);
+        ev_timer_stop(srv->loop, &c->idle_timer);
         close(c->fd);
         c->fd = -1;
         while (c->reqs != NULL)
@@ -306,7 +436,16 @@ conn_on_read(struct ev_loop *loop, ev_io *w, int revents)
                 return;
         }
         c->in.len += (size_t)n;
+        c->last_active = ev_now(loop);
         conn_process(c);
+        if (!c->is_dead) {
+                bool partial = buf_size(&c->in) > 0;
+                if (partial && c->partial_since == 0)
+                        c->partial_since = ev_now(loop);
+                else if (!partial)
+                        c->partial_since = 0;
+                conn_arm_idle(c);
+        }
         if (!c->is_dead && c->srv->is_draining)
                 conn_drain(c);
 }
@@ -327,6 +466,16 @@ conn_on_request_done(struct conn *c)
 {
         if (c->is_dead)
                 return;
+        c->last_active = ev_now(c->srv->loop);
+        /* A client that does not read its answers may not pin memory without bound. */
+        if (buf_size(&c->out) > (size_t)c->srv->cfg->max_output_bytes_per_client) {
+                stats.clients_closed_output++;
+                log_warn("conn", "output_limit", "conn: client %llu: %zu bytes of answers unread "
+                         "(max_output_bytes_per_client); closing",
+                         (unsigned long long)c->id, buf_size(&c->out));
+                conn_close(c, "max_output_bytes_per_client");
+                return;
+        }
         conn_mark_dirty(c);
         if (c->is_closing && c->n_inflight == 0) {
                 /* half-closed peer: everything answered; flush then close */

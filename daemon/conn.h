@@ -34,6 +34,9 @@ struct conn {
         ev_io rio;
         ev_io wio;
         ev_timer close_timer; /* bounds the wait to flush a final error before closing */
+        ev_timer idle_timer;  /* idle_timeout_s and request_read_timeout_ms */
+        ev_tstamp last_active; /* last byte read or answer completed */
+        ev_tstamp partial_since; /* a request began arriving; 0 when none is half-read */
         struct buf in;
         struct buf out;
         struct scan scan;

@@ -6,6 +6,7 @@
  *   kcached -t -c FILE     check FILE, print the running config with sources
  */
 #include <getopt.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,43 @@ usage(FILE *out)
                      "  -t, --test         check the configuration, print it with sources, exit\n"
                      "  -V, --version      print the version\n"
                      "  -h, --help         this text\n");
+}
+
+/*
+ * Every client and every Redis connection is a descriptor: raise the soft
+ * NOFILE limit to the hard one, and refuse a max_clients that cannot fit.
+ */
+static int
+check_fd_limit(struct config *cfg, bool raise, char *err, size_t errlen)
+{
+        struct rlimit rl;
+        long need = (long)cfg->max_clients + cfg->pool_size +
+                    (long)(cfg->n_sentinels > 0 ? 16 : cfg->n_replicas) * cfg->replica_pool_size +
+                    64; /* listeners, admin, subscriber, sentinels, resolver, logs */
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) == -1)
+                return 0;
+        if (rl.rlim_max != RLIM_INFINITY && (long)rl.rlim_max < need &&
+            config_source_of(cfg, "server", "max_clients") == CONFIG_SRC_DEFAULT &&
+            (long)rl.rlim_max > need - cfg->max_clients + 16) {
+                /* Only the default asked for more: fit it, and say so. */
+                cfg->max_clients = (int)((long)rl.rlim_max - (need - cfg->max_clients));
+                fprintf(stderr, "kcached: [server] max_clients lowered to %d to fit the hard "
+                        "NOFILE limit %ld\n", cfg->max_clients, (long)rl.rlim_max);
+                return 0;
+        }
+        if (rl.rlim_max != RLIM_INFINITY && (long)rl.rlim_max < need) {
+                snprintf(err, errlen, "[server] max_clients: %d clients and the Redis pools need %ld "
+                         "file descriptors, the hard NOFILE limit is %ld (raise it, e.g. "
+                         "LimitNOFILE=, or lower max_clients)",
+                         cfg->max_clients, need, (long)rl.rlim_max);
+                return -1;
+        }
+        if (raise && rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                (void)setrlimit(RLIMIT_NOFILE, &rl);
+        }
+        return 0;
 }
 
 int
@@ -68,6 +106,11 @@ main(int argc, char **argv)
         if (config_load(&cfg, path, err, sizeof(err)) < 0) {
                 fprintf(stderr, "kcached: %s\n", err);
                 config_deinit(&cfg); /* a failed load leaves the defaults, which own memory */
+                return 1;
+        }
+        if (check_fd_limit(&cfg, !test_only, err, sizeof(err)) < 0) {
+                fprintf(stderr, "kcached: %s\n", err);
+                config_deinit(&cfg);
                 return 1;
         }
         if (test_only) {

@@ -32,12 +32,21 @@ static struct rconn *rconn_dirty_head;
  * capped here, delegating to the default functions the reader came with.
  */
 static redisReplyObjectFunctions rconn_default_fns;
+static long rconn_max_elements = 1 << 20;
+static size_t rconn_max_bytes = 512u << 20;
+
+void
+rconn_set_limits(long max_elements, size_t max_bytes)
+{
+        rconn_max_elements = max_elements;
+        rconn_max_bytes = max_bytes;
+}
 static redisReplyObjectFunctions rconn_guarded_fns;
 
 static void *
 rconn_create_array(const redisReadTask *task, int elements)
 {
-        if (elements < 0 || elements > RCONN_MAX_REPLY_ELEMENTS)
+        if (elements < 0 || elements > rconn_max_elements)
                 return NULL; /* the reader reports "out of memory": a node failure */
         return rconn_default_fns.createArray(task, elements);
 }
@@ -56,6 +65,12 @@ rconn_reader_new(void)
         }
         r->fn = &rconn_guarded_fns;
         return r;
+}
+
+redisReader *
+rconn_reader_new_for_tests(void)
+{
+        return rconn_reader_new();
 }
 
 static void rconn_on_read(struct ev_loop *loop, ev_io *w, int revents);
@@ -414,6 +429,6 @@ rconn_on_read(struct ev_loop *loop, ev_io *w, int revents)
                         return;
         }
         /* A reply that is still incomplete may not grow the buffer without bound. */
-        if (rc->reader->len - rc->reader->pos > RCONN_MAX_REPLY_BYTES)
+        if (rc->reader->len - rc->reader->pos > rconn_max_bytes)
                 rconn_close(rc, "protocol: reply larger than the limit (reply refused)");
 }

@@ -36,9 +36,11 @@ enum { RCONN_E_DOWN = 1 };
 enum rconn_state { RCONN_IDLE = 0, RCONN_CONNECTING, RCONN_HANDSHAKE, RCONN_UP };
 enum rconn_event { RCONN_EV_UP = 1, RCONN_EV_DOWN };
 
-/* Refuse replies that would make the reader allocate without bound. */
-#define RCONN_MAX_REPLY_ELEMENTS (1 << 20)
-#define RCONN_MAX_REPLY_BYTES    (600u << 20)
+/*
+ * Refuse replies that would make the reader allocate without bound
+ * ([redis] max_reply_elements, max_reply_bytes); daemon-wide, set at start.
+ */
+void rconn_set_limits(long max_elements, size_t max_bytes);
 
 struct rconn;
 
@@ -118,6 +120,15 @@ rconn_inflight(const struct rconn *rc)
 {
         return rc->q_len;
 }
+
+/*
+ * A redisReader set up exactly as a connection's (the createArray guard of
+ * RCONN_MAX_REPLY_ELEMENTS), for daemon/fuzz-reply.c. NULL when out of
+ * memory; the caller frees it with redisReaderFree(). A connection also
+ * refuses a reply still incomplete past RCONN_MAX_REPLY_BYTES buffered: the
+ * caller applies that bound itself after each redisReaderFeed().
+ */
+redisReader *rconn_reader_new_for_tests(void);
 
 /* Writes what every rconn has queued; called once per loop iteration. */
 void rconn_flush_all(void);

@@ -89,6 +89,36 @@ server_prepare_path(const char *path, char *err, size_t errlen)
         return 0;
 }
 
+/*
+ * The socket's directory, created (0755, parents too) when missing, e.g.
+ * /run/kcache outside systemd's RuntimeDirectory. An existing one is left as
+ * it is: its owner chose its mode.
+ */
+static int
+server_make_parent(const char *path)
+{
+        char dir[sizeof(((struct sockaddr_un *)NULL)->sun_path)];
+        char *slash;
+
+        snprintf(dir, sizeof(dir), "%s", path);
+        slash = strrchr(dir, '/');
+        if (slash == NULL || slash == dir)
+                return 0;
+        *slash = '\0';
+        for (char *p = dir + 1; ; p++) {
+                char saved = *p;
+                if (saved != '/' && saved != '\0')
+                        continue;
+                *p = '\0';
+                if (mkdir(dir, 0755) == -1 && errno != EEXIST)
+                        return -1;
+                *p = saved;
+                if (saved == '\0')
+                        break;
+        }
+        return 0;
+}
+
 int
 server_bind_unix(const char *path, unsigned mode, char *err, size_t errlen)
 {
@@ -98,6 +128,11 @@ server_bind_unix(const char *path, unsigned mode, char *err, size_t errlen)
         int fd;
 
         snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path);
+        fd = -1;
+        what = "creating its directory";
+        if (server_make_parent(sun.sun_path) < 0)
+                goto fail;
+        what = "socket";
         fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd == -1)
                 goto fail;
@@ -131,6 +166,14 @@ server_listen(struct server *srv, char *err, size_t errlen)
 
         if (fd == -1)
                 return -1;
+        /* socket_group: the group app containers run as, with socket_mode 0660. */
+        if (srv->cfg->has_client_gid && chown(srv->cfg->socket, (uid_t)-1, srv->cfg->client_gid) == -1) {
+                snprintf(err, errlen, "socket %s: chown to group %u: %s", srv->cfg->socket,
+                         srv->cfg->client_gid, strerror(errno));
+                unlink(srv->cfg->socket);
+                close(fd);
+                return -1;
+        }
         srv->lfd = fd;
         srv->is_listening = true;
         return 0;

@@ -47,7 +47,12 @@
           "Redis replies that arrived after their request was answered")                           \
         X(replies_after_deadline, COUNTER,                                                         \
           "responses sent after the request's deadline (must stay 0)")                             \
-        X(admin_refused, COUNTER, "admin connections closed for their peer credentials")
+        X(admin_refused, COUNTER, "admin connections closed for their peer credentials")        \
+        X(clients_refused, COUNTER, "client connections closed for their peer credentials")     \
+        X(clients_rejected_max, COUNTER, "client connections refused at max_clients (TOO_MANY_CLIENTS)") \
+        X(clients_closed_output, COUNTER, "clients closed past max_output_bytes_per_client")    \
+        X(clients_closed_idle, COUNTER, "clients closed after idle_timeout_s")                  \
+        X(clients_closed_slow, COUNTER, "clients closed with a request half-written past request_read_timeout_ms")
 
 enum stats_type { COUNTER, GAUGE };
 

@@ -4,10 +4,11 @@
  * directory, loads them and checks values, sources and the exact
  * "FILE:LINE: ..." of every error class; checks environment overrides, the
  * dump round trip, and that conf/kcached.ini is config_write_example()'s
- * output byte for byte.
+ * output byte for byte, and packaging/man/kcached.ini.5 man_write()'s.
  *
  *   test-config                   run the tests (meson runs it from daemon/)
  *   test-config --write-example   print conf/kcached.ini's content
+ *   test-config --write-man       print packaging/man/kcached.ini.5 (mdoc)
  *
  * Exit 0 when every check passed.
  */
@@ -40,20 +41,27 @@
  * 43 compress_inline_max, 44 lease_ttl_ms, 45 max_wait_ms,
  * 46 max_tracked_namespaces, 47 ns_check_ms, [log] 48 level, 49 target.
  */
-#define N_KEYS          50
-#define I_PASSWORD_FILE 10
-#define I_REPLICA_ATT   17
-#define I_INTERVAL      21
-#define I_FAIL_OPEN     25
-#define I_ADDRESSES     26
-#define I_ADMIN_SOCKET  29
-#define I_ALLOWED_UIDS  32
-#define I_LISTEN        34
-#define I_KEY_PREFIX    35
-#define I_COMPRESSION   40
-#define I_NS_CHECK      47
-#define I_LEVEL         48
-#define I_TARGET        49
+/*
+ * Keys added later sit among these: IX() maps an index of the list above to
+ * the table's, and IS_LATER() names the added ones ([server] limits and
+ * access, [redis] username and reply limits), which the full file leaves unset.
+ */
+#define IX(k)       ((k) < 7 ? (k) : (k) < 9 ? (k) + 7 : (k) < 14 ? (k) + 8 : (k) + 10)
+#define IS_LATER(i) (((i) >= 7 && (i) <= 13) || (i) == 16 || (i) == 22 || (i) == 23)
+#define N_KEYS      60
+#define I_PASSWORD_FILE IX(10)
+#define I_REPLICA_ATT IX(17)
+#define I_INTERVAL IX(21)
+#define I_FAIL_OPEN IX(25)
+#define I_ADDRESSES IX(26)
+#define I_ADMIN_SOCKET IX(29)
+#define I_ALLOWED_UIDS IX(32)
+#define I_LISTEN IX(34)
+#define I_KEY_PREFIX IX(35)
+#define I_COMPRESSION IX(40)
+#define I_NS_CHECK IX(47)
+#define I_LEVEL IX(48)
+#define I_TARGET IX(49)
 
 static int n_passed, n_failed;
 static char tmpdir[256];
@@ -554,7 +562,7 @@ test_full_file(void)
         CHECK(c.path != NULL && strcmp(c.path, path) == 0, "path");
         for (int i = 0; i < N_KEYS; i++) {
                 /* password_file and [sentinel] addresses are the keys the file leaves alone. */
-                bool is_unset = i == I_PASSWORD_FILE || i == I_ADDRESSES;
+                bool is_unset = i == I_PASSWORD_FILE || i == I_ADDRESSES || IS_LATER(i);
                 CHECK(c.sources[i] == (is_unset ? CONFIG_SRC_DEFAULT : CONFIG_SRC_FILE),
                       "sources[%d] = %d", i, c.sources[i]);
         }
@@ -898,7 +906,7 @@ test_backend_values(void)
                              "s1.example:26379, [::1]:26380 ,10.0.0.3:26381") == 0,
                       "addresses as written: '%s'", c.sentinel_addresses);
                 CHECK(strcmp(c.sentinel_master_name, "my-master") == 0, "master_name");
-                CHECK(c.sources[7] == CONFIG_SRC_DEFAULT && c.sources[8] == CONFIG_SRC_DEFAULT &&
+                CHECK(c.sources[IX(7)] == CONFIG_SRC_DEFAULT && c.sources[IX(8)] == CONFIG_SRC_DEFAULT &&
                               c.n_replicas == 0,
                       "primary and replicas stay defaults");
                 config_deinit(&c);
@@ -1422,16 +1430,16 @@ test_env(void)
                 CHECK(strcmp(c.primary_addr.host, "redis.example") == 0 &&
                               c.primary_addr.port == 7000,
                       "primary_addr from env");
-                CHECK(c.sources[7] == CONFIG_SRC_ENV, "primary source");
+                CHECK(c.sources[IX(7)] == CONFIG_SRC_ENV, "primary source");
                 CHECK(strcmp(c.password, "from env") == 0 && strcmp(c.password_file, "") == 0,
                       "REDIS_PASSWORD");
-                CHECK(c.sources[9] == CONFIG_SRC_ENV && c.sources[10] == CONFIG_SRC_ENV,
+                CHECK(c.sources[IX(9)] == CONFIG_SRC_ENV && c.sources[IX(10)] == CONFIG_SRC_ENV,
                       "password sources");
                 CHECK(c.connect_timeout_ms == 500 && c.command_timeout_ms == 500,
                       "REDIS_TIMEOUT 0.5 -> %d %d", c.connect_timeout_ms, c.command_timeout_ms);
-                CHECK(c.sources[12] == CONFIG_SRC_ENV && c.sources[13] == CONFIG_SRC_ENV,
+                CHECK(c.sources[IX(12)] == CONFIG_SRC_ENV && c.sources[IX(13)] == CONFIG_SRC_ENV,
                       "timeout sources");
-                CHECK(c.sources[0] == CONFIG_SRC_DEFAULT && c.sources[8] == CONFIG_SRC_DEFAULT,
+                CHECK(c.sources[IX(0)] == CONFIG_SRC_DEFAULT && c.sources[IX(8)] == CONFIG_SRC_DEFAULT,
                       "others keep their sources");
                 config_deinit(&c);
         }
@@ -1447,7 +1455,7 @@ test_env(void)
                 CHECK(strcmp(c.replicas, " r1:1 ,r2:2,[::2]:3") == 0 && c.n_replicas == 3 &&
                               strcmp(c.replica_addrs[2].host, "::2") == 0,
                       "REDIS_REPLICAS_HOST_PORT replaces replicas");
-                CHECK(c.sources[8] == CONFIG_SRC_ENV, "replicas source");
+                CHECK(c.sources[IX(8)] == CONFIG_SRC_ENV, "replicas source");
                 config_deinit(&c);
         }
         clear_env();
@@ -1777,8 +1785,8 @@ test_dump(void)
                         CHECK(d.n_sentinels == 2 && d.read_from == READ_FROM_PRIMARY,
                               "Sentinel reload");
                         CHECK(strcmp(d.sentinel_password, "***") == 0, "*** loads back");
-                        CHECK(d.sources[7] == CONFIG_SRC_DEFAULT &&
-                                      d.sources[8] == CONFIG_SRC_DEFAULT,
+                        CHECK(d.sources[IX(7)] == CONFIG_SRC_DEFAULT &&
+                                      d.sources[IX(8)] == CONFIG_SRC_DEFAULT,
                               "primary and replicas stay defaults");
                         config_deinit(&d);
                 }
@@ -1908,6 +1916,360 @@ test_example(void)
         free(text);
 }
 
+/*
+ * --- kcached.ini(5) ---------------------------------------------------------
+ *
+ * The man page is generated from config_write_example()'s output: config_keys[]
+ * is static to config.c, and the example is its one complete public rendering
+ * (help, range, reloadable, environment, default of every key). Generating from
+ * it keeps config.c untouched and the page unable to drift from the table;
+ * test_man() checks the checked-in page byte for byte, as test_example() does
+ * for conf/kcached.ini.
+ */
+#define MAN_PATH "../packaging/man/kcached.ini.5"
+/* Bump when the generated text changes. */
+#define MAN_DATE "November 22, 2026"
+
+/* One key of the example: its comment block and its "; key = value" line. */
+struct man_key {
+        char help[2048]; /* the comment lines joined, the trailing "(...)" cut off */
+        char meta[256];  /* inside that "(...)": "[octal, ]A..B, reloadable: yes|no" */
+        char env[256];   /* "; Environment: X." without the dot; "" for none */
+};
+
+static const struct {
+        const char *section, *text;
+} man_sections[] = {
+        {"server", "The client socket and the limits kcached enforces on every request."},
+        {"redis", "The Redis nodes and how kcached talks to them."},
+        {"health", "Probing of the Redis nodes: when a node is marked down, and up again."},
+        {"sentinel", "Redis Sentinel discovery of the primary and the replicas, instead of "
+                     "[redis] primary and replicas."},
+        {"admin", "The admin socket: what kcache admin talks to (health probes, stats, "
+                  "metrics, reload)."},
+        {"cache", "Cache semantics: key prefix, TTLs, size limits, compression, leases and "
+                  "namespaces."},
+        {"log", "Logging."},
+};
+
+static const char man_head[] =
+        ".\\\" SPDX-License-Identifier: MIT\n"
+        ".\\\" Generated by `test-config --write-man` from config.c's key table\n"
+        ".\\\" (through config_write_example()); do not edit: regenerate.\n"
+        ".Dd " MAN_DATE "\n"
+        ".Dt KCACHED.INI 5\n"
+        ".Os\n"
+        ".Sh NAME\n"
+        ".Nm kcached.ini\n"
+        ".Nd configuration file of the kcache sidecar daemon\n"
+        ".Sh SYNOPSIS\n"
+        ".Pa /etc/kcache/kcached.ini\n"
+        ".Sh DESCRIPTION\n"
+        ".Xr kcached 8\n"
+        "reads its configuration from the INI file given with\n"
+        ".Fl c .\n"
+        "Every key is optional and has a built-in default;\n"
+        "the packaged file lists every key commented out, with its default.\n"
+        "Precedence, lowest to highest: built-in default, this file, the environment\n"
+        "(see\n"
+        ".Sx ENVIRONMENT ) .\n"
+        ".Pp\n"
+        "The file holds sections,\n"
+        ".Li [name] ,\n"
+        "each followed by\n"
+        ".Li key = value\n"
+        "lines.\n"
+        "Section and key names are case-sensitive.\n"
+        "A line starting with\n"
+        ".Ql \\&;\n"
+        "or\n"
+        ".Ql #\n"
+        "is a comment, and so is the rest of a line after a\n"
+        ".Ql \\&;\n"
+        "that follows whitespace.\n"
+        "So a value cannot hold\n"
+        ".Ql \" ;\" ,\n"
+        "and there is no quoting: a value runs from after the\n"
+        ".Ql =\n"
+        "to the end of the line or the comment, with blanks around it removed.\n"
+        "A line must be shorter than 199 bytes;\n"
+        "do not indent a line after a key, it would continue that key's value.\n"
+        "Unknown sections, unknown keys, duplicate keys and bad values are errors,\n"
+        "reported as\n"
+        ".Dq FILE:LINE: [section] key: why ;\n"
+        ".Ic kcached -t -c FILE\n"
+        "checks a file and prints the configuration it gives, each value followed by\n"
+        "where it came from.\n"
+        ".Pp\n"
+        "Units: TTLs are in seconds;\n"
+        "every other duration is in milliseconds and its name ends in\n"
+        ".Ql _ms ;\n"
+        "sizes are in bytes.\n"
+        ".Pp\n"
+        "Keys marked\n"
+        ".Dq reloadable: yes\n"
+        "are applied in place by a reload\n"
+        "(SIGHUP,\n"
+        ".Ic systemctl reload kcached ,\n"
+        "or\n"
+        ".Ic kcache admin reload ) ;\n"
+        "a reload that changes any other key applies the rest and names the keys\n"
+        "that need a restart.\n"
+        "A file that does not load is refused and the running configuration kept.\n"
+        ".Sh KEYS\n"
+        "Each key is shown with its default value.\n";
+
+static const char man_tail[] =
+        ".Sh ENVIRONMENT\n"
+        "These variables override the file; empty ones are ignored.\n"
+        ".Bl -tag -width REDIS_REPLICAS_HOST_PORT\n"
+        ".It Ev REDIS_HOST\n"
+        "Host of [redis] primary, keeping its port.\n"
+        ".It Ev REDIS_PORT\n"
+        "Port of [redis] primary.\n"
+        ".It Ev REDIS_REPLICAS_HOST_PORT\n"
+        "[redis] replicas, a comma list of host:port.\n"
+        ".It Ev REDIS_TIMEOUT\n"
+        "Seconds (0.5 allowed); sets connect_timeout_ms and command_timeout_ms.\n"
+        ".It Ev REDIS_PASSWORD\n"
+        "[redis] password; clears password_file.\n"
+        ".El\n"
+        ".Sh FILES\n"
+        ".Bl -tag -width Ds\n"
+        ".It Pa /etc/kcache/kcached.ini\n"
+        "The configuration the packaged service unit loads.\n"
+        ".It Pa /run/kcache/kcached.sock\n"
+        "The default client socket.\n"
+        ".It Pa /run/kcache/kcached-admin.sock\n"
+        "The default admin socket.\n"
+        ".El\n"
+        ".Sh EXAMPLES\n"
+        "A primary and a replica, the password in a file readable by the kcache user:\n"
+        ".Bd -literal -offset indent\n"
+        "[redis]\n"
+        "primary = 10.0.0.5:6379\n"
+        "replicas = 10.0.0.6:6379\n"
+        "password_file = /etc/kcache/redis-password\n"
+        "\n"
+        "[cache]\n"
+        "default_ttl = 600\n"
+        ".Ed\n"
+        ".Sh SEE ALSO\n"
+        ".Xr kcache 1 ,\n"
+        ".Xr libkcache 3 ,\n"
+        ".Xr kcached 8\n";
+
+/* Writes one line of running text; a leading control character is protected by \&. */
+static void
+man_line(FILE *out, const char *line, size_t n)
+{
+        if (n > 0 && (line[0] == '.' || line[0] == '\''))
+                fputs("\\&", out);
+        fprintf(out, "%.*s\n", (int)n, line);
+}
+
+/*
+ * Writes text as mdoc running text: one sentence a line (mandoc's "new
+ * sentence, new line"), wrapped at MAN_WIDTH columns (mandoc's style check),
+ * `x` as typographic quotes and backslashes escaped.
+ */
+#define MAN_WIDTH 80
+static void
+man_text(FILE *out, const char *text)
+{
+        char line[4096];
+        size_t n = 0, last_space = 0;
+        bool in_quote = false;
+
+        for (const char *p = text; *p != '\0'; p++) {
+                const char *piece;
+                char one[2] = {*p, '\0'};
+                bool is_end = (*p == '.' || *p == '?' || *p == '!') && p[1] == ' ' &&
+                              p[2] >= 'A' && p[2] <= 'Z';
+
+                if (*p == '`') {
+                        piece = in_quote ? "\\(rq" : "\\(lq";
+                        in_quote = !in_quote;
+                } else if (*p == '\\') {
+                        piece = "\\e";
+                } else {
+                        piece = one;
+                }
+                if (*p == ' ' && n > 0)
+                        last_space = n;
+                if (n + strlen(piece) >= sizeof(line))
+                        break; /* help texts are far shorter */
+                memcpy(line + n, piece, strlen(piece));
+                n += strlen(piece);
+                if (n > MAN_WIDTH && last_space > 0) {
+                        /* Wrap at the last blank; the rest starts the next line. */
+                        man_line(out, line, last_space);
+                        n -= last_space + 1;
+                        memmove(line, line + last_space + 1, n);
+                        last_space = 0;
+                        for (size_t i = 0; i < n; i++)
+                                if (line[i] == ' ')
+                                        last_space = i;
+                }
+                if (is_end) {
+                        man_line(out, line, n);
+                        n = 0;
+                        last_space = 0;
+                        p++; /* the space */
+                }
+        }
+        if (n > 0)
+                man_line(out, line, n);
+}
+
+/* Writes one key's list entry. */
+static void
+man_write_key(FILE *out, const struct man_key *k, const char *name, const char *value)
+{
+        const char *rel = strstr(k->meta, "reloadable: ");
+        size_t range_len = rel != NULL ? (size_t)(rel - k->meta) : strlen(k->meta);
+
+        /* \& keeps a value ending in punctuation ("kc:") from reading as a delimiter. */
+        if (value[0] == '\0')
+                fprintf(out, ".It Cm %s No = Pq empty\n", name);
+        else
+                fprintf(out, ".It Cm %s No = Li %s%s\n", name, value,
+                        strchr(".,:;?!()[]|", value[strlen(value) - 1]) != NULL ? "\\&" : "");
+        man_text(out, k->help);
+        /* The range part is "A..B, " or "octal, A..B, ". */
+        if (range_len > 2) {
+                if (strncmp(k->meta, "octal, ", 7) == 0)
+                        fprintf(out, "Range: %.*s, octal.\n", (int)(range_len - 9), k->meta + 7);
+                else
+                        fprintf(out, "Range: %.*s.\n", (int)(range_len - 2), k->meta);
+        }
+        if (rel != NULL)
+                fprintf(out, "Reloadable: %s.\n", rel + strlen("reloadable: "));
+        if (k->env[0] != '\0') {
+                fputs("Environment:\n.Ev", out);
+                for (const char *p = k->env; *p != '\0';) {
+                        size_t n = strcspn(p, ",");
+                        fprintf(out, " %.*s", (int)n, p);
+                        p += n;
+                        if (*p == ',') {
+                                fputs(" ,", out);
+                                p++;
+                                while (*p == ' ')
+                                        p++;
+                        }
+                }
+                fputs(" .\n", out);
+        }
+}
+
+/* Splits the trailing " (...)" of k->help into k->meta. */
+static void
+man_split_meta(struct man_key *k)
+{
+        size_t n = strlen(k->help);
+        char *open = NULL;
+
+        if (n > 0 && k->help[n - 1] == ')') {
+                for (char *p = k->help; (p = strstr(p, " (")) != NULL; p++)
+                        open = p;
+        }
+        if (open == NULL) {
+                k->meta[0] = '\0';
+                return;
+        }
+        snprintf(k->meta, sizeof(k->meta), "%.*s", (int)(k->help + n - 1 - (open + 2)), open + 2);
+        *open = '\0';
+}
+
+static void
+man_append(char *buf, size_t size, const char *text, size_t n)
+{
+        size_t used = strlen(buf);
+
+        snprintf(buf + used, size - used, "%s%.*s", used > 0 ? " " : "", (int)n, text);
+}
+
+/* Writes kcached.ini(5) in mdoc. 0, or -1 when the example could not be read. */
+static int
+man_write(FILE *out)
+{
+        char *text = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&text, &len);
+        struct man_key k = {0};
+        bool in_keys = false, in_list = false;
+
+        if (f == NULL)
+                return -1;
+        config_write_example(f);
+        if (fclose(f) != 0)
+                return -1;
+        fputs(man_head, out);
+        for (const char *p = text; *p != '\0';) {
+                size_t n = strcspn(p, "\n");
+                const char *eq = memchr(p, '=', n);
+
+                if (n > 2 && p[0] == '[' && p[n - 1] == ']') {
+                        in_keys = true;
+                        if (in_list)
+                                fputs(".El\n", out);
+                        fprintf(out, ".Ss \\&[%.*s]\\&\n", (int)(n - 2), p + 1);
+                        for (size_t i = 0; i < sizeof(man_sections) / sizeof(man_sections[0]); i++)
+                                if (strlen(man_sections[i].section) == n - 2 &&
+                                    strncmp(man_sections[i].section, p + 1, n - 2) == 0)
+                                        man_text(out, man_sections[i].text);
+                        fputs(".Bl -tag -width Ds\n", out);
+                        in_list = true;
+                } else if (!in_keys || n == 0) {
+                        /* the header (prose above says it), or a blank between keys */
+                } else if (strncmp(p, "; Environment: ", 15) == 0) {
+                        snprintf(k.env, sizeof(k.env), "%.*s", (int)(n - 16), p + 15);
+                } else if (strncmp(p, "; ", 2) == 0 && eq != NULL && eq > p + 3 && eq[-1] == ' ' &&
+                           strspn(p + 2, "abcdefghijklmnopqrstuvwxyz_") ==
+                                   (size_t)(eq - 1 - (p + 2))) {
+                        char name[64], value[256];
+
+                        snprintf(name, sizeof(name), "%.*s", (int)(eq - 1 - (p + 2)), p + 2);
+                        snprintf(value, sizeof(value), "%.*s",
+                                 (int)(eq + 1 < p + n ? p + n - (eq + 2) : 0), eq + 2);
+                        man_split_meta(&k);
+                        man_write_key(out, &k, name, value);
+                        memset(&k, 0, sizeof(k));
+                } else if (strncmp(p, "; ", 2) == 0) {
+                        man_append(k.help, sizeof(k.help), p + 2, n - 2);
+                }
+                p += n + (p[n] == '\n');
+        }
+        if (in_list)
+                fputs(".El\n", out);
+        fputs(man_tail, out);
+        free(text);
+        return 0;
+}
+
+static void
+test_man(void)
+{
+        char *text = NULL, *disk;
+        size_t len = 0;
+        FILE *f = open_memstream(&text, &len);
+
+        if (f == NULL)
+                exit(2);
+        CHECK(man_write(f) == 0, "man_write");
+        fclose(f);
+        disk = read_all(MAN_PATH);
+        CHECK(disk != NULL, "cannot read %s (run from daemon/): %s", MAN_PATH, strerror(errno));
+        if (disk != NULL) {
+                CHECK(strcmp(disk, text) == 0,
+                      "%s differs from the key table; regenerate it with: "
+                      "test-config --write-man > packaging/man/kcached.ini.5",
+                      MAN_PATH);
+                free(disk);
+        }
+        free(text);
+}
+
 static int
 remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
@@ -1928,8 +2290,10 @@ main(int argc, char **argv)
                 config_write_example(stdout);
                 return fflush(stdout) == 0 ? 0 : 1;
         }
+        if (argc == 2 && strcmp(argv[1], "--write-man") == 0)
+                return man_write(stdout) == 0 && fflush(stdout) == 0 ? 0 : 1;
         if (argc != 1) {
-                fprintf(stderr, "usage: test-config [--write-example]\n");
+                fprintf(stderr, "usage: test-config [--write-example | --write-man]\n");
                 return 2;
         }
         snprintf(tmpdir, sizeof(tmpdir), "%s/test-config.XXXXXX",
@@ -1954,6 +2318,7 @@ main(int argc, char **argv)
         test_password_file();
         test_dump();
         test_example();
+        test_man();
 
         nftw(tmpdir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
         printf("%d passed, %d failed\n", n_passed, n_failed);

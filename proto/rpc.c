@@ -275,6 +275,18 @@ rpc_pack_error_notify(msgpack_packer *pk, enum rpc_error code, const char *messa
 }
 
 int
+rpc_pack_error_notify_code(msgpack_packer *pk, const char *code, const char *message)
+{
+        RPC_TRY(rpc_pack_notify_head(pk, RPC_ERROR_NOTIFY_METHOD));
+        RPC_TRY(msgpack_pack_array(pk, 1));
+        RPC_TRY(msgpack_pack_map(pk, 2));
+        RPC_TRY(rpc_pack_str(pk, "code"));
+        RPC_TRY(rpc_pack_str(pk, code));
+        RPC_TRY(rpc_pack_str(pk, "message"));
+        return rpc_pack_str(pk, message != NULL ? message : "");
+}
+
+int
 rpc_pack_notify_head(msgpack_packer *pk, const char *method)
 {
         RPC_TRY(msgpack_pack_array(pk, 3));

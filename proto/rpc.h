@@ -132,6 +132,8 @@ int rpc_pack_result_head(msgpack_packer *pk, uint32_t msgid);
 int rpc_pack_error(msgpack_packer *pk, uint32_t msgid, enum rpc_error code, const char *message);
 /* A whole notification [2, method, [{"code","message"}]] (kcache.error). */
 int rpc_pack_error_notify(msgpack_packer *pk, enum rpc_error code, const char *message);
+/* The same with a code that is not in errors.def (e.g. TOO_MANY_CLIENTS at accept). */
+int rpc_pack_error_notify_code(msgpack_packer *pk, const char *code, const char *message);
 /* [2, method, ... : the caller packs params next. */
 int rpc_pack_notify_head(msgpack_packer *pk, const char *method);
 
