@@ -112,6 +112,7 @@ struct backend {
         unsigned rr;
         uint64_t next_node_id;
         bool policy_checked;
+        uint64_t primary_epoch; /* bumped when the primary moves */
         void (*ready)(void *priv); /* first attempt finished; cleared once called */
         void *ready_priv;
         char *handshake; /* RESP: AUTH, SELECT, PING; owned */
@@ -1003,6 +1004,7 @@ backend_set_topology(struct backend *be, const struct config_addr *primary,
                 log_warn("backend", "primary_moved", "backend: primary is now %s (was %s)",
                          config_addr_str(primary, a, sizeof(a)), n->addr_str);
                 node_move(n, primary);
+                be->primary_epoch++;
                 if (be->sub.state != RCONN_IDLE)
                         rconn_close(&be->sub, "primary moved");
         }
@@ -1134,6 +1136,28 @@ backend_subscribe(struct backend *be, const char *channel, size_t len,
         be->sub_up = up;
         be->sub_priv = priv;
         sub_connect(be);
+}
+
+bool
+backend_primary_sockaddr(const struct backend *be, struct sockaddr_storage *ss, socklen_t *len,
+                         uint64_t *epoch)
+{
+        const struct node *p = be->primary;
+
+        *epoch = be->primary_epoch;
+        if (p->sslen == 0 || !node_usable(p))
+                return false;
+        memcpy(ss, &p->ss, p->sslen);
+        *len = p->sslen;
+        return true;
+}
+
+const char *
+backend_handshake(const struct backend *be, size_t *len, unsigned *n_cmds)
+{
+        *len = be->handshake_len;
+        *n_cmds = be->n_handshake;
+        return be->handshake;
 }
 
 const struct config_addr *

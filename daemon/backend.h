@@ -149,6 +149,17 @@ void backend_subscribe(struct backend *be, const char *channel, size_t len,
  */
 void backend_reconfigure(struct backend *be);
 
+/*
+ * The primary's last connected socket address, when it is usable now (for
+ * connections kept outside the pool: near-cache tracking). *epoch changes
+ * whenever the primary moved, so holders of such connections know to redo
+ * them. false when the primary is not usable.
+ */
+bool backend_primary_sockaddr(const struct backend *be, struct sockaddr_storage *ss,
+                              socklen_t *len, uint64_t *epoch);
+/* Handshake (AUTH, SELECT, PING) for such connections; n_cmds replies. */
+const char *backend_handshake(const struct backend *be, size_t *len, unsigned *n_cmds);
+
 /* The primary's address as now used (for logs and the admin socket). */
 const struct config_addr *backend_primary_addr(const struct backend *be);
 

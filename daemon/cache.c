@@ -30,6 +30,7 @@
 #include "daemon/envelope.h"
 #include "daemon/json.h"
 #include "daemon/log.h"
+#include "daemon/near.h"
 #include "daemon/server.h"
 #include "daemon/stats.h"
 #include "kcache-version.h"
@@ -201,6 +202,8 @@ cache_write_json(struct json *j)
         json_key(j, "_other");
         counters_json(j, &cache_other);
         json_obj_end(j);
+        json_key(j, "near");
+        near_write_json(j);
         json_obj_end(j);
 }
 
@@ -505,6 +508,47 @@ read_route(const struct opts *o)
         return (o->present & KC_OPT_consistency) ? BACKEND_READ_PRIMARY : BACKEND_READ;
 }
 
+/* --- near cache ------------------------------------------------------------------ */
+
+/* key_prefix + key, the Redis key the near cache and tracking speak of. */
+static const char *
+near_key(const char *key, size_t n, size_t *len)
+{
+        static struct buf k;
+        const char *p = cfg()->key_prefix;
+
+        buf_clear(&k);
+        if (buf_append(&k, p, strlen(p)) < 0 || buf_append(&k, key, n) < 0)
+                return NULL;
+        *len = buf_size(&k);
+        return (const char *)buf_head(&k);
+}
+
+/*
+ * This kcached writes a plain key: evict it from the near cache now, and
+ * remember it so the request evicts it again when it completes.
+ */
+void
+cache_near_write(struct req *r, const char *key, size_t n)
+{
+        size_t len;
+        const char *k;
+        char *p;
+        uint32_t l32;
+
+        if (r->has_ns || cfg()->near_cache_bytes == 0 || (k = near_key(key, n, &len)) == NULL)
+                return;
+        near_evict(k, len);
+        p = realloc(r->near_keys, r->near_keys_len + sizeof(l32) + len);
+        if (p == NULL)
+                return; /* tracking still evicts it, a little later */
+        l32 = (uint32_t)len;
+        memcpy(p + r->near_keys_len, &l32, sizeof(l32));
+        memcpy(p + r->near_keys_len + sizeof(l32), k, len);
+        r->near_keys = p;
+        r->near_keys_len += sizeof(l32) + len;
+}
+
 /* --- envelopes ------------------------------------------------------------------ */
 
 bool
@@ -677,6 +721,30 @@ on_value(void *priv, uint32_t gen, redisReply *reply, int err)
         req_done(r);
 }
 
+/* MULTI GET PTTL EXEC for a near-cache miss: [value|nil, pttl]. */
+static void
+on_near_fill(void *priv, uint32_t gen, redisReply *reply, int err)
+{
+        struct req *r = cache_reply_req(priv, gen, reply, err);
+        const redisReply *v, *t;
+
+        if (r == NULL)
+                return;
+        if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+            (reply->element[0]->type != REDIS_REPLY_STRING &&
+             reply->element[0]->type != REDIS_REPLY_NIL) ||
+            reply->element[1]->type != REDIS_REPLY_INTEGER) {
+                reply_unexpected(r, reply);
+                return;
+        }
+        v = reply->element[0];
+        t = reply->element[1];
+        near_fill(r->near_token, v->type == REDIS_REPLY_STRING ? v->str : NULL, v->len, t->integer);
+        r->near_token = 0;
+        pack_stored(r, req_result(r), v);
+        req_done(r);
+}
+
 static void
 on_values(void *priv, uint32_t gen, redisReply *reply, int err)
 {
@@ -817,7 +885,24 @@ handler_stats(struct req *r, const msgpack_object *args, const struct opts *o)
 
         for (size_t i = 0; i < cache_ns_cap; i++)
                 n += cache_ns[i].name != NULL;
-        msgpack_pack_map(pk, 2);
+        msgpack_pack_map(pk, 3);
+        rpc_pack_str(pk, "near");
+        {
+                struct near_stats st;
+                near_get_stats(&st);
+                msgpack_pack_map(pk, 10);
+#define F(name)                                                                                    \
+        rpc_pack_str(pk, #name);                                                                   \
+        msgpack_pack_uint64(pk, st.name);
+                F(hits) F(misses) F(fills) F(fills_dropped) F(evictions) F(invalidations) F(flushes)
+                F(bytes) F(entries)
+#undef F
+                rpc_pack_str(pk, "active");
+                if (st.active)
+                        msgpack_pack_true(pk);
+                else
+                        msgpack_pack_false(pk);
+        }
         rpc_pack_str(pk, "totals");
         counters_pack(pk, &cache_tot);
         rpc_pack_str(pk, "namespaces");
@@ -848,6 +933,39 @@ handler_get(struct req *r, const msgpack_object *args, const struct opts *o)
         if (r->has_ns) {
                 cache_eval_start(r, SCRIPT_READ, 1);
                 cache_resp_bulk(key, klen);
+        } else if (near_is_active() && !(o->present & KC_OPT_consistency) &&
+                   !((o->present & KC_OPT_near) && !o->b[RPC_OPT_near])) {
+                size_t nlen;
+                const char *nk = near_key(key, klen, &nlen), *v;
+                size_t vlen;
+                if (nk != NULL && near_get(nk, nlen, &v, &vlen)) {
+                        redisReply fake = {.type = REDIS_REPLY_STRING};
+                        fake.str = (char *)(uintptr_t)v;
+                        fake.len = vlen;
+                        pack_stored(r, req_result(r), &fake);
+                        req_done(r);
+                        return;
+                }
+                r->near_token = nk != NULL ? near_begin(nk, nlen) : 0;
+                if (r->near_token != 0) {
+                        /* Fill only from the primary, where tracking runs, and with
+                         * the key's PTTL so that the entry never outlives it. */
+                        resp_start(1);
+                        resp_str("MULTI");
+                        resp_header('*', 2);
+                        resp_str("GET");
+                        resp_key(key, klen);
+                        resp_header('*', 2);
+                        resp_str("PTTL");
+                        resp_key(key, klen);
+                        resp_header('*', 1);
+                        resp_str("EXEC");
+                        cache_submit(r, BACKEND_READ_PRIMARY, 4, on_near_fill);
+                        return;
+                }
+                resp_start(2);
+                resp_str("GET");
+                resp_key(key, klen);
         } else {
                 resp_start(2);
                 resp_str("GET");
@@ -907,6 +1025,10 @@ write_pairs(struct req *r, const msgpack_object_kv *pairs, const msgpack_object 
         if (!cache_arg_expiry(r, o, &px, &stale_px))
                 return;
         r->aux = n;
+        for (uint32_t i = 0; i < n; i++) {
+                rpc_obj_bytes(single_key != NULL ? single_key : &pairs[i].key, &key, &klen);
+                cache_near_write(r, key, klen);
+        }
         if (!r->has_ns && n_tags == 0 && stale_px == 0 && n == 1) {
                 rpc_obj_bytes(single_key != NULL ? single_key : &pairs[0].key, &key, &klen);
                 rpc_obj_bytes(single_val != NULL ? single_val : &pairs[0].val, &val, &vlen);
@@ -1002,6 +1124,10 @@ handler_mset(struct req *r, const msgpack_object *args, const struct opts *o)
                 if (!cache_arg_expiry(r, o, &px, &stale_px))
                         return;
                 r->aux = n;
+                for (uint32_t i = 0; i < n; i++) {
+                        rpc_obj_bytes(&map->via.map.ptr[i].key, &key, &klen);
+                        cache_near_write(r, key, klen);
+                }
                 cache_eval_start(r, SCRIPT_WRITE, 3 + n_tags + 2 * (size_t)n);
                 cache_resp_int(px + stale_px);
                 cache_resp_int(stale_px > 0 ? px : 0);
@@ -1043,6 +1169,10 @@ delete_keys(struct req *r, const msgpack_object *list)
                 }
                 req_done(r);
                 return;
+        }
+        for (uint32_t i = 0; i < n; i++) {
+                rpc_obj_bytes(&list->via.array.ptr[i], &key, &klen);
+                cache_near_write(r, key, klen);
         }
         if (r->has_ns) {
                 cache_eval_start(r, SCRIPT_DEL, n);
@@ -1148,6 +1278,7 @@ handler_expire(struct req *r, const msgpack_object *args, const struct opts *o)
                 stats.ttl_clamped++;
                 secs = cfg()->max_ttl;
         }
+        cache_near_write(r, key, klen);
         if (r->has_ns) {
                 cache_eval_start(r, SCRIPT_EXPIRE, 2);
                 cache_resp_bulk(key, klen);
@@ -1551,6 +1682,7 @@ invalidate_pattern(struct req *r, const char *glob, size_t glob_len)
         j->plen = strlen(cfg()->key_prefix);
         r->state = j;
         r->state_free = scan_job_free;
+        near_flush("pattern invalidation");
         r->aux = 0;
         req_start_deadline(r, (int)(CACHE_SCAN_WAIT_S * 1000));
         if (r->has_ns) {
@@ -1604,6 +1736,7 @@ handler_invalidate(struct req *r, const msgpack_object *args, const struct opts 
                 for (uint32_t i = 0; i < v->via.array.size; i++)
                         if (!arg_bytes(r, &v->via.array.ptr[i], &p, &plen, "every tag"))
                                 return;
+                near_flush("tag invalidation");
                 cache_eval_start(r, SCRIPT_TAGS, v->via.array.size);
                 for (uint32_t i = 0; i < v->via.array.size; i++) {
                         rpc_obj_bytes(&v->via.array.ptr[i], &p, &plen);
@@ -1626,6 +1759,7 @@ handler_invalidate(struct req *r, const msgpack_object *args, const struct opts 
                         return;
                 cache_eval_start(r, SCRIPT_BUMP, 0);
                 cache_submit(r, BACKEND_WRITE, 1, on_bumped);
+                near_flush("namespace invalidation");
                 return;
         }
         req_fail(r, RPC_ERR_BAD_REQUEST, "invalidate: unknown selector '%.*s'",
@@ -1685,6 +1819,7 @@ cache_flush_ns(const char *ns, size_t n, struct bcall *call, rconn_reply_fn fn, 
         fake.has_ns = true;
         fake.ns_len = (uint8_t)n;
         memcpy(fake.ns, ns, n);
+        near_flush("namespace flush");
         cache_eval_start(&fake, SCRIPT_BUMP, 0);
         rc = backend_call(cache_srv->be, call, BACKEND_WRITE, (const char *)buf_head(&cache_cmd),
                           buf_size(&cache_cmd), 1,

@@ -110,6 +110,9 @@ void cache_submit(struct req *r, enum backend_route route, unsigned n_replies, r
 /* The request a completion belongs to, or NULL when it was answered here. */
 struct req *cache_reply_req(void *priv, uint32_t gen, const redisReply *reply, int err);
 
+/* This request writes the plain key: evict it from the near cache now and on completion. */
+void cache_near_write(struct req *r, const char *key, size_t n);
+
 /* The metadata base M ("kcache" NUL key_prefix NUL). */
 const char *cache_meta(size_t *len);
 

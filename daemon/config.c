@@ -127,6 +127,9 @@ enum {
         K_MAX_WAIT_MS,
         K_MAX_TRACKED_NAMESPACES,
         K_NS_CHECK_MS,
+        K_NEAR_CACHE_BYTES,
+        K_NEAR_CACHE_TTL_MS,
+        K_NEAR_HEARTBEAT_MS,
         K_LOG_LEVEL,
         K_LOG_TARGET,
         K_COUNT
@@ -363,6 +366,14 @@ static const struct config_key config_keys[K_COUNT] = {
         KEY_INT(K_NS_CHECK_MS, "cache", ns_check_ms, "1000", 10, 600000, true, NULL,
                 "How often kcached re-reads a namespace generation it caches from Redis, in case "
                 "a pub/sub notice was missed."),
+        KEY_INT(K_NEAR_CACHE_BYTES, "cache", near_cache_bytes, "0", 0, 68719476736, false, NULL,
+                "Memory for the near cache (hot values kept in kcached, invalidated by Redis "
+                "tracking), keys and overhead counted; 0 turns it off."),
+        KEY_INT(K_NEAR_CACHE_TTL_MS, "cache", near_cache_ttl_ms, "60000", 1, 86400000, true, NULL,
+                "Longest a near-cache entry is served without an invalidation, in ms."),
+        KEY_INT(K_NEAR_HEARTBEAT_MS, "cache", near_heartbeat_ms, "1000", 10, 600000, true, NULL,
+                "Period of the heartbeat that proves invalidations still arrive; a missed one "
+                "flushes the near cache."),
         KEY_ENUM(K_LOG_LEVEL, "log", "level", log_level, log_level_names, "info", true,
                  "Least severe messages logged: debug, info, warn or error."),
         KEY_ENUM(K_LOG_TARGET, "log", "target", log_target, log_target_names, "stderr", false,

@@ -113,7 +113,10 @@ struct config {
         int lease_ttl_ms;              /* default get_or_set lease */
         int max_wait_ms;               /* cap of get_or_set wait_ms */
         int max_tracked_namespaces;
-        int ns_check_ms;               /* re-read period of a cached namespace generation */
+        int ns_check_ms;
+        int64_t near_cache_bytes;      /* 0: no near cache */
+        int near_cache_ttl_ms;         /* longest an entry is trusted without an invalidation */
+        int near_heartbeat_ms;         /* proof that invalidations still arrive */               /* re-read period of a cached namespace generation */
         /* [log] */
         int log_level;             /* enum log_level */
         int log_target;            /* enum config_log_target */

@@ -15,10 +15,12 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "daemon/cache.h"
 #include "daemon/conn.h"
 #include "daemon/log.h"
+#include "daemon/near.h"
 #include "daemon/server.h"
 #include "daemon/stats.h"
 
@@ -79,6 +81,9 @@ req_new(struct conn *c, uint32_t msgid, enum rpc_method m)
         r->ns_slot = -1;
         r->state = NULL;
         r->state_free = NULL;
+        r->near_keys = NULL;
+        r->near_keys_len = 0;
+        r->near_token = 0;
         r->prev = NULL;
         r->next = c->reqs;
         if (c->reqs != NULL)
@@ -99,6 +104,23 @@ req_release(struct req *r)
         backend_call_cancel(&r->call);
         if (r->state_free != NULL)
                 r->state_free(r);
+        if (r->near_token != 0) {
+                near_cancel(r->near_token); /* answered without the fill (timeout, error) */
+                r->near_token = 0;
+        }
+        if (r->near_keys != NULL) {
+                /* Evict again as the write completes: a GET that raced with it
+                 * cannot leave an old value behind its acknowledgement. */
+                for (size_t off = 0; off + sizeof(uint32_t) <= r->near_keys_len;) {
+                        uint32_t n;
+                        memcpy(&n, r->near_keys + off, sizeof(n));
+                        near_evict(r->near_keys + off + sizeof(n), n);
+                        off += sizeof(n) + n;
+                }
+                free(r->near_keys);
+                r->near_keys = NULL;
+                r->near_keys_len = 0;
+        }
         r->state_free = NULL;
         r->state = NULL;
         /* Counted, never expected: completions past the deadline answer TIMEOUT. */

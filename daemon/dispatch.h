@@ -55,6 +55,10 @@ struct req {
         int ns_slot;        /* cache stats slot of the ns option, -1 for none, -2 for _other */
         void *state;        /* handler state beyond aux; released by state_free on release */
         struct req *lnext;  /* lease.c: next waiter of the same key */
+        char *near_keys;    /* owned: Redis keys this write evicts from the near cache again
+                               when it completes (length-prefixed), NULL for none */
+        size_t near_keys_len;
+        uint64_t near_token; /* a near-cache fill in flight for this get */
         void (*state_free)(struct req *r);
 };
 

@@ -603,6 +603,8 @@ handler_fill(struct req *r, const msgpack_object *args, const struct opts *o)
         if (!cache_arg_expiry(r, o, &px, &stale_px) ||
             !cache_encode(r, val, vlen, stale_px > 0, &env, &env_len))
                 return;
+        if (field == NULL)
+                cache_near_write(r, key, klen);
         f = calloc(1, sizeof(*f));
         if (f == NULL || (f->value = malloc(vlen + 1)) == NULL) {
                 free(f);

@@ -36,6 +36,7 @@
 #include "daemon/conn.h"
 #include "daemon/dispatch.h"
 #include "daemon/lease.h"
+#include "daemon/near.h"
 #include "daemon/log.h"
 #include "daemon/rconn.h"
 #include "daemon/resolve.h"
@@ -394,7 +395,7 @@ server_init(struct server *srv, struct ev_loop *loop, struct config *cfg, char *
                 msgpack_zone_destroy(&srv->zone);
                 return -1;
         }
-        if (cache_init(srv) < 0 || lease_init(srv) < 0) {
+        if (cache_init(srv) < 0 || lease_init(srv) < 0 || near_init(srv) < 0) {
                 snprintf(err, errlen, "out of memory");
                 goto fail;
         }
@@ -419,6 +420,7 @@ server_init(struct server *srv, struct ev_loop *loop, struct config *cfg, char *
         return 0;
 fail:
         srv->admin = admin_free(srv->admin);
+        near_deinit();
         lease_deinit();
         cache_deinit();
         srv->be = backend_free(srv->be);
@@ -459,6 +461,7 @@ server_deinit(struct server *srv)
         ev_timer_stop(srv->loop, &srv->drain_timer);
         ev_timer_stop(srv->loop, &srv->ready_timer);
         srv->admin = admin_free(srv->admin); /* open through the drain, closed at exit */
+        near_deinit();
         lease_deinit();
         cache_deinit();
         srv->be = backend_free(srv->be);

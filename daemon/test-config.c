@@ -46,9 +46,11 @@
  * the table's, and IS_LATER() names the added ones ([server] limits and
  * access, [redis] username and reply limits), which the full file leaves unset.
  */
-#define IX(k)       ((k) < 7 ? (k) : (k) < 9 ? (k) + 7 : (k) < 14 ? (k) + 8 : (k) + 10)
-#define IS_LATER(i) (((i) >= 7 && (i) <= 13) || (i) == 16 || (i) == 22 || (i) == 23)
-#define N_KEYS      60
+#define IX(k)                                                                                      \
+        ((k) < 7 ? (k) : (k) < 9 ? (k) + 7 : (k) < 14 ? (k) + 8 : (k) < 48 ? (k) + 10 : (k) + 13)
+#define IS_LATER(i)                                                                                \
+        (((i) >= 7 && (i) <= 13) || (i) == 16 || (i) == 22 || (i) == 23 || ((i) >= 58 && (i) <= 60))
+#define N_KEYS      63
 #define I_PASSWORD_FILE IX(10)
 #define I_REPLICA_ATT IX(17)
 #define I_INTERVAL IX(21)
