@@ -16,7 +16,7 @@ ALL_METHODS = ["hello", "ping", "get", "set", "del", "mget", "mset", "exists", "
 WRITE_OPTS = {"ttl", "ttl_ms", "stale_ttl", "stale_ttl_ms", "ns", "schema", "tags"}
 METHOD_OPTS = {
     "hello": set(), "ping": set(), "stats": set(),
-    "get": {"consistency", "ns", "schema"}, "mget": {"consistency", "ns", "schema"},
+    "get": {"consistency", "ns", "schema", "near"}, "mget": {"consistency", "ns", "schema"},
     "set": WRITE_OPTS, "mset": WRITE_OPTS,
     "del": {"ns"}, "expire": {"ns"}, "exists": {"consistency", "ns"}, "ttl": {"consistency", "ns"},
     "get_or_set": {"ns", "schema", "field", "lease_ms", "wait_ms"},
