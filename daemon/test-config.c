@@ -2086,8 +2086,8 @@ man_text(FILE *out, const char *text)
         for (const char *p = text; *p != '\0'; p++) {
                 const char *piece;
                 char one[2] = {*p, '\0'};
-                bool is_end = (*p == '.' || *p == '?' || *p == '!') && p[1] == ' ' &&
-                              p[2] >= 'A' && p[2] <= 'Z';
+                bool is_end = (*p == '.' || *p == '?' || *p == '!') && p[1] == ' ' && p[2] >= 'A' &&
+                              p[2] <= 'Z';
 
                 if (*p == '`') {
                         piece = in_quote ? "\\(rq" : "\\(lq";
