@@ -1152,6 +1152,12 @@ backend_primary_sockaddr(const struct backend *be, struct sockaddr_storage *ss, 
         return true;
 }
 
+uint64_t
+backend_primary_epoch(const struct backend *be)
+{
+        return be->primary_epoch;
+}
+
 const char *
 backend_handshake(const struct backend *be, size_t *len, unsigned *n_cmds)
 {

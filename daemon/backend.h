@@ -157,6 +157,8 @@ void backend_reconfigure(struct backend *be);
  */
 bool backend_primary_sockaddr(const struct backend *be, struct sockaddr_storage *ss,
                               socklen_t *len, uint64_t *epoch);
+/* Changes whenever the primary moved. */
+uint64_t backend_primary_epoch(const struct backend *be);
 /* Handshake (AUTH, SELECT, PING) for such connections; n_cmds replies. */
 const char *backend_handshake(const struct backend *be, size_t *len, unsigned *n_cmds);
 

@@ -401,8 +401,11 @@ conn_process(struct conn *c)
                 }
                 dispatch_message(c, &obj);
                 msgpack_zone_clear(&srv->zone);
-                if (!c->is_dead)
+                if (!c->is_dead) {
                         buf_consume(&c->in, flen);
+                        /* A complete request: the half-written clock starts over. */
+                        c->partial_since = 0;
+                }
         }
 }
 
@@ -422,7 +425,17 @@ conn_on_read(struct ev_loop *loop, ev_io *w, int revents)
         if (n == 0) {
                 /* Requests already complete are still answered: a half-closed
                  * peer may be waiting for them. */
-                if (c->n_inflight > 0 && buf_size(&c->in) == 0) {
+                if (c->is_throttled) {
+                        /* Requests are still buffered behind backpressure: run them
+                         * as answers drain, then close (conn_unthrottle). */
+                        c->is_eof = true;
+                        ev_io_stop(loop, &c->rio);
+                        return;
+                }
+                if ((c->n_inflight > 0 || buf_size(&c->out) > 0) && !c->is_closing) {
+                        /* Answers still to come or to send: flush them, then close.
+                         * A truncated request left in the buffer has nothing to answer. */
+                        buf_clear(&c->in);
                         conn_close_after_flush(c);
                         return;
                 }
@@ -439,7 +452,9 @@ conn_on_read(struct ev_loop *loop, ev_io *w, int revents)
         c->last_active = ev_now(loop);
         conn_process(c);
         if (!c->is_dead) {
-                bool partial = buf_size(&c->in) > 0;
+                /* Only a request the client has not finished sending is charged; the
+                 * time kcached itself stopped reading (backpressure) is not. */
+                bool partial = buf_size(&c->in) > 0 && !c->is_throttled;
                 if (partial && c->partial_since == 0)
                         c->partial_since = ev_now(loop);
                 else if (!partial)
@@ -456,9 +471,14 @@ conn_unthrottle(struct conn *c)
         c->is_throttled = false;
         if (c->is_closing || c->is_dead)
                 return;
-        ev_io_start(c->srv->loop, &c->rio);
+        if (!c->is_eof)
+                ev_io_start(c->srv->loop, &c->rio);
         /* Requests that arrived while throttled are already buffered. */
         conn_process(c);
+        if (c->is_eof && !c->is_throttled && !c->is_dead) {
+                buf_clear(&c->in);
+                conn_close_after_flush(c);
+        }
 }
 
 void

@@ -57,6 +57,7 @@ struct conn {
         bool is_dead;     /* torn down, waiting to be freed */
         bool pack_failed; /* out of memory while packing: the stream is broken */
         bool is_throttled; /* reading paused until answers drain (backpressure) */
+        bool is_eof;       /* the peer half-closed while requests were still buffered */
 };
 
 /* Takes ownership of fd (closes it on failure). */

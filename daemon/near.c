@@ -101,6 +101,8 @@ entry_size(const struct nentry *e)
         return NEAR_OVERHEAD + e->klen + e->vlen;
 }
 
+static void near_restart(const char *why);
+
 /* --- FIFOs and the hash table ------------------------------------------------- */
 
 static void
@@ -301,7 +303,14 @@ evict_until_fits(void)
 bool
 near_is_active(void)
 {
-        return near.on && near.state == T_ACTIVE;
+        if (!near.on || near.state != T_ACTIVE)
+                return false;
+        /* The primary moved (reload, Sentinel): not one more answer from memory. */
+        if (backend_primary_epoch(near.srv->be) != near.epoch) {
+                near_restart("the primary changed");
+                return false;
+        }
+        return true;
 }
 
 bool
@@ -352,6 +361,7 @@ near_begin(const char *key, size_t n)
         e->hash = h;
         e->klen = (uint32_t)n;
         e->where = W_PENDING;
+        e->expires = ev_now(near.srv->loop); /* placeholder: when the GET left */
         e->slot = slot_alloc(e);
         if (e->slot == UINT32_MAX) {
                 free(e);
@@ -420,7 +430,9 @@ near_fill(uint64_t token, const char *val, size_t vlen, int64_t pttl_ms)
         memcpy(e->data + n, val, vlen);
         e->vlen = (uint32_t)vlen;
         e->freq = 0;
-        e->expires = ev_now(near.srv->loop) + ttl;
+        /* Counted from when the GET left, not when its answer came: a slow
+         * reply must not stretch the key's life past its expiry in Redis. */
+        e->expires = p->expires + ttl;
         pp = slot_of(p->data, n, p->hash);
         *pp = e; /* same chain position */
         slot_free(p->slot);
@@ -470,7 +482,6 @@ near_flush(const char *why)
 
 /* --- tracking ------------------------------------------------------------------------- */
 
-static void near_restart(const char *why);
 
 static void
 near_set_active(bool on, const char *why)
@@ -670,13 +681,14 @@ near_restart(const char *why)
 
         if (near.state == T_OFF)
                 return;
+        if (was_active)
+                log_warn("near", "inactive", "near: %s; flushed, reading from Redis until "
+                         "tracking is back", why);
         near.state = T_OFF; /* the closes below must not recurse */
         rconn_close(&near.sub, why);
         rconn_close(&near.trk, why);
         near_flush(why);
-        if (was_active)
-                near_set_active(false, why);
-        else
+        if (!was_active)
                 log_debug("near", "retry", "near: tracking not established: %s", why);
         if (!ev_is_active(&near.retry)) {
                 ev_timer_set(&near.retry, NEAR_RETRY_S, 0.);
@@ -751,6 +763,9 @@ near_init(struct server *srv)
                 r = (uint64_t)random();
         snprintf(near.hb_channel, sizeof(near.hb_channel), "kcache:near-hb:%016" PRIx64, r);
         rconn_init(&near.sub, srv->loop, sub_on_state, NULL, "near subscriber");
+        /* Invalidations first: libev would otherwise run a client's read, in the
+         * same loop pass, before an invalidation that had already arrived. */
+        ev_set_priority(&near.sub.rio, EV_MAXPRI);
         rconn_set_push(&near.sub, on_sub_push, NULL);
         rconn_init(&near.trk, srv->loop, trk_on_state, NULL, "near tracking");
         bcall_init(&near.hb_call);

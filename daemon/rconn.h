@@ -123,10 +123,10 @@ rconn_inflight(const struct rconn *rc)
 
 /*
  * A redisReader set up exactly as a connection's (the createArray guard of
- * RCONN_MAX_REPLY_ELEMENTS), for daemon/fuzz-reply.c. NULL when out of
- * memory; the caller frees it with redisReaderFree(). A connection also
- * refuses a reply still incomplete past RCONN_MAX_REPLY_BYTES buffered: the
- * caller applies that bound itself after each redisReaderFeed().
+ * rconn_set_limits()' max_elements), for daemon/fuzz-reply.c. NULL when out
+ * of memory; the caller frees it with redisReaderFree(). A connection also
+ * refuses a reply still incomplete past max_bytes buffered: the caller
+ * applies that bound itself after each redisReaderFeed().
  */
 redisReader *rconn_reader_new_for_tests(void);
 

@@ -1244,3 +1244,165 @@ class Inflight:
 
 __all__ += ["make_envelope", "meta_base", "gen_key", "data_key", "cache_stats", "Inflight",
             "stored_payload"]
+
+
+# --------------------------------------------------------------------------
+# Hardening (test_bad_input.py, test_limits.py, test_auth.py): kcached's admin
+# `stats` counters before and after a case, file descriptor limits, peer
+# processes run as another user.
+# --------------------------------------------------------------------------
+
+def stat_of(stats, path):
+    """A counter of an admin `stats` answer by dotted path ("errors_by_code.BAD_REQUEST")."""
+    v = stats
+    for part in path.split("."):
+        assert isinstance(v, dict) and part in v, f"no {path!r} in admin stats: {sorted(stats)}"
+        v = v[part]
+    assert isinstance(v, (int, float)), f"{path} is not a number: {v!r}"
+    return v
+
+
+def admin_stats(k):
+    return admin_json(k, "stats")
+
+
+def wait_counted(k, before, *counters, timeout=3.0):
+    """Polls admin `stats` until every counter moved: each is "path" (by at
+    least 1) or ("path", n) (by at least n) since `before`. Returns the last
+    answer; the assertion names the counters that did not move."""
+    want = [(c, 1) if isinstance(c, str) else (c[0], c[1]) for c in counters]
+    last = {}
+
+    def moved():
+        last["s"] = s = admin_stats(k)
+        return all(stat_of(s, p) - stat_of(before, p) >= n for p, n in want)
+    try:
+        wait_until(moved, timeout, "stats counters to move")
+    except AssertionError:
+        s = last.get("s") or admin_stats(k)
+        short = {p: f"{stat_of(before, p)} -> {stat_of(s, p)} (want +{n})" for p, n in want
+                 if stat_of(s, p) - stat_of(before, p) < n}
+        raise AssertionError(f"admin stats did not count the case: {short}") from None
+    return last["s"]
+
+
+def wait_gauge(k, path, pred, timeout=5.0, what=None):
+    """Polls admin `stats` until pred(value of path); returns the value."""
+    last = {}
+
+    def ok():
+        last["v"] = stat_of(admin_stats(k), path)
+        return pred(last["v"])
+    try:
+        wait_until(ok, timeout, what or f"stats {path}")
+    except AssertionError:
+        raise AssertionError(f"stats {path} stuck at {last.get('v')!r}"
+                             + (f" waiting for {what}" if what else "")) from None
+    return last["v"]
+
+
+class counted:
+    """`with counted(k, "protocol_errors"): <hostile input>` - afterwards the
+    counters moved (see wait_counted), the daemon is alive and a second,
+    fresh client's round trip works (assert_healthy). `.before` and `.after`
+    hold the two admin `stats` answers."""
+
+    def __init__(self, k, *counters, timeout=3.0, healthy=True):
+        self.k = k
+        self.counters = counters
+        self.timeout = timeout
+        self.healthy = healthy
+        self.before = None
+        self.after = None
+
+    def __enter__(self):
+        self.before = admin_stats(self.k)
+        return self
+
+    def __exit__(self, exc_type, *a):
+        if exc_type is not None:
+            return False
+        self.after = wait_counted(self.k, self.before, *self.counters, timeout=self.timeout)
+        if self.healthy:
+            assert_healthy(self.k)
+        return False
+
+    def delta(self, path):
+        return stat_of(self.after, path) - stat_of(self.before, path)
+
+
+def raise_nofile(need):
+    """Raises this process's RLIMIT_NOFILE soft limit to at least `need`
+    (and the hard limit too when that is allowed: root). Processes started
+    afterwards inherit it. Fails - never skips - when it cannot."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < need:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, need))
+        except (ValueError, OSError) as e:
+            pytest.fail(f"RLIMIT_NOFILE hard limit {hard} is below the {need} this test "
+                        f"needs and cannot be raised ({e}); raise it (ulimit -Hn) and rerun",
+                        pytrace=False)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY
+                                                    else need, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def fd_count(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def run_as(uid, gid, script, *args, timeout=10.0):
+    """Runs `/usr/bin/python3 -c script args...` as uid:gid with no
+    supplementary groups (setpriv); returns the CompletedProcess."""
+    cmd = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+           "/usr/bin/python3", "-c", script] + [str(a) for a in args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=T(timeout),
+                          env=child_env(), cwd="/")
+
+
+def round_trip_blocking(k):
+    """assert_healthy() without select() (RpcClient's select() cannot watch a
+    descriptor above 1023, which tests holding thousands of sockets get):
+    ping, set, get on a fresh blocking socket."""
+    assert k.alive(), f"kcached died (status {k.proc.returncode}); log:\n{tail(k.log_path)}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(T(5))
+        s.connect(k.sock)
+        key = "rtb:%d" % time.monotonic_ns()
+        s.sendall(pack([0, 1, "ping", []]) + pack([0, 2, "set", [key, b"ok"]])
+                  + pack([0, 3, "get", [key]]))
+        u = msgpack.Unpacker(raw=False)
+        got = {}
+        while len(got) < 3:
+            data = s.recv(65536)
+            assert data, "kcached closed the connection"
+            u.feed(data)
+            for o in u:
+                got[o[1]] = (o[2], o[3])
+    assert got == {1: (None, "pong"), 2: (None, True), 3: (None, b"ok")}, got
+
+
+def unix_connect(path, timeout=10.0):
+    """A connected Unix stream socket (timeout 5 s) that waits while the
+    listener's backlog is full: a socket with a timeout is non-blocking, and
+    connect() then fails with EAGAIN instead of waiting."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(T(5))
+    deadline = time.monotonic() + T(timeout)
+    while True:
+        try:
+            s.connect(path)
+            return s
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                s.close()
+                raise AssertionError(f"the listen backlog of {path} stayed full") from None
+            time.sleep(0.001)
+
+
+__all__ += ["stat_of", "admin_stats", "round_trip_blocking", "unix_connect", "wait_counted", "wait_gauge", "counted", "raise_nofile",
+            "fd_count", "run_as", "admin_json", "node_of", "Topology", "wait_replica_link"]

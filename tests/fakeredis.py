@@ -11,6 +11,12 @@ callable(args) -> bytes, args being the command as a list of bytes.
 Every command received is recorded (`commands`, `count()`), so a test can
 check what kcached sent and how often.
 
+A callable reply may also return an iterator of byte chunks instead of bytes:
+they are streamed one by one (for replies too large to build, e.g. a header
+declaring 2 GB followed by data) until the iterator ends or the peer closes.
+`bytes_sent` counts what was written, `peer_closed` the connections the peer
+(kcached) closed or reset, `peer_closed_event` is set at the first one.
+
 Standalone, for poking at kcached by hand:
     /usr/bin/python3 tests/fakeredis.py --port 7000 --reply '-LOADING loading'
 """
@@ -81,6 +87,9 @@ class FakeRedis:
         self.port = None
         self.commands = []
         self.connections = 0
+        self.peer_closed = 0
+        self.bytes_sent = 0
+        self.peer_closed_event = threading.Event()
         self._lock = threading.Lock()
         self._listener = None
         self._socks = []
@@ -145,6 +154,11 @@ class FakeRedis:
             else:
                 self.replies[key] = reply
 
+    def _on_peer_closed(self):
+        with self._lock:
+            self.peer_closed += 1
+        self.peer_closed_event.set()
+
     # -- serving
     def _accept_loop(self):
         while not self._stopping:
@@ -166,12 +180,18 @@ class FakeRedis:
             r = self.replies.get(args[0].upper() if args else b"", self.default)
         return r(args) if callable(r) else r
 
+    def _send(self, c, data):
+        c.sendall(data)
+        with self._lock:
+            self.bytes_sent += len(data)
+
     def _serve(self, c):
         buf = bytearray()
         try:
             while not self._stopping:
                 data = c.recv(65536)
                 if not data:
+                    self._on_peer_closed()
                     return
                 buf += data
                 out = []
@@ -181,10 +201,25 @@ class FakeRedis:
                         break
                     del buf[:used]
                     if args:
-                        out.append(self._reply_for(args))
+                        r = self._reply_for(args)
+                        if isinstance(r, (bytes, bytearray)):
+                            out.append(bytes(r))
+                            continue
+                        # A stream: what is queued first, then its chunks.
+                        if out:
+                            self._send(c, b"".join(out))
+                            out = []
+                        for chunk in r:
+                            if self._stopping:
+                                return
+                            self._send(c, chunk)
                 if out:
-                    c.sendall(b"".join(out))
-        except (OSError, ProtocolError):
+                    self._send(c, b"".join(out))
+        except ProtocolError:
+            return
+        except OSError:
+            if not self._stopping:
+                self._on_peer_closed()
             return
         finally:
             with self._lock:
