@@ -225,7 +225,9 @@ conn_accept(struct server *srv, int fd)
         ev_io_init(&c->wio, conn_on_write, fd, EV_WRITE);
         ev_timer_init(&c->close_timer, conn_on_close_timer, CONN_CLOSE_WAIT, 0.);
         ev_timer_init(&c->idle_timer, conn_on_idle_timer, 0., 0.);
-        c->last_active = ev_now(srv->loop);
+        /* ev_time(), not ev_now(): the loop time may be a long iteration old, and
+         * an idle clock started in the past would close a new client early. */
+        c->last_active = ev_time();
         conn_arm_idle(c);
         ev_io_start(srv->loop, &c->rio);
         c->next = srv->conns;
