@@ -1108,44 +1108,9 @@ handler_mset(struct req *r, const msgpack_object *args, const struct opts *o)
                 req_done(r);
                 return;
         }
-        if (map->via.map.size == 1) {
-                write_pairs(r, map->via.map.ptr, NULL, NULL, 1, o);
-                return;
-        }
-        /* Several keys always take the script: atomic, one round trip, and each key
-         * gets its expiry (MSET cannot set one). */
-        {
-                const msgpack_object *tags = (o->present & KC_OPT_tags) ? o->list[RPC_OPT_tags] : NULL;
-                uint32_t n_tags = tags != NULL ? tags->via.array.size : 0;
-                uint32_t n = map->via.map.size;
-                const uint8_t *env;
-                size_t env_len;
-
-                if (!cache_arg_expiry(r, o, &px, &stale_px))
-                        return;
-                r->aux = n;
-                for (uint32_t i = 0; i < n; i++) {
-                        rpc_obj_bytes(&map->via.map.ptr[i].key, &key, &klen);
-                        cache_near_write(r, key, klen);
-                }
-                cache_eval_start(r, SCRIPT_WRITE, 3 + n_tags + 2 * (size_t)n);
-                cache_resp_int(px + stale_px);
-                cache_resp_int(stale_px > 0 ? px : 0);
-                cache_resp_int(n_tags);
-                for (uint32_t t = 0; t < n_tags; t++) {
-                        rpc_obj_bytes(&tags->via.array.ptr[t], &val, &vlen);
-                        cache_resp_bulk(val, vlen);
-                }
-                for (uint32_t i = 0; i < n; i++) {
-                        rpc_obj_bytes(&map->via.map.ptr[i].key, &key, &klen);
-                        rpc_obj_bytes(&map->via.map.ptr[i].val, &val, &vlen);
-                        if (!cache_encode(r, val, vlen, stale_px > 0, &env, &env_len))
-                                return;
-                        cache_resp_bulk(key, klen);
-                        cache_resp_bulk(env, env_len);
-                }
-                cache_submit(r, BACKEND_WRITE, 1, on_written);
-        }
+        /* One key may take the plain fast path; several always take the script:
+         * atomic, one round trip, and each key gets its expiry (MSET cannot). */
+        write_pairs(r, map->via.map.ptr, NULL, NULL, map->via.map.size, o);
 }
 
 /* del and invalidate {keys}: leases first, then the keys. */
