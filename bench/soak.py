@@ -62,6 +62,8 @@ def parse_args():
                     help="allowed RSS growth from warm-up to end (default: 16)")
     ap.add_argument("--json", help="also write the summary as JSON to this file")
     ap.add_argument("--keep-log", help="copy kcached's log to this file at the end")
+    ap.add_argument("--log-level", default="info",
+                    help="kcached's log level (default: info; debug traces every lease)")
     a = ap.parse_args()
     if a.minutes <= 0 or a.clients < 1 or a.depth < 1 or a.keys < 10 or a.kill_every < 5:
         ap.error("need --minutes > 0, --clients >= 1, --depth >= 1, --keys >= 10, "
@@ -331,7 +333,7 @@ def main():
     summary = {}
     try:
         topo = Topology(h)
-        k = topo.kcached(ini={"log": {"level": "info"}})
+        k = topo.kcached(ini={"log": {"level": a.log_level}})
         stable = topo.preset(k, n=a.keys, prefix="stable")
 
         def all_in_rotation():

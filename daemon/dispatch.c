@@ -77,6 +77,7 @@ req_new(struct conn *c, uint32_t msgid, enum rpc_method m)
         r->is_timeout = false;
         r->has_schema = false;
         r->has_ns = false;
+        r->ns_len = 0; /* the id of a get_or_set includes it: no leftovers from a reused req */
         r->schema_len = 0;
         r->ns_slot = -1;
         r->state = NULL;
@@ -179,6 +180,7 @@ void
 req_start_deadline(struct req *r, int timeout_ms)
 {
         r->deadline = ev_now(r->conn->srv->loop) + timeout_ms / 1000.0;
+        r->deadline_ms = timeout_ms;
         ev_timer_set(&r->timer, timeout_ms / 1000.0, 0.);
         ev_timer_start(r->conn->srv->loop, &r->timer);
 }
@@ -189,8 +191,12 @@ req_on_deadline(struct ev_loop *loop, ev_timer *w, int revents)
         struct req *r = (struct req *)((char *)w - offsetof(struct req, timer));
 
         r->is_timeout = true;
-        req_fail(r, RPC_ERR_TIMEOUT, "no answer from Redis within command_timeout_ms (%d ms)",
-                 r->conn->srv->cfg->command_timeout_ms);
+        if (r->method == RPC_M_get_or_set)
+                req_fail(r, RPC_ERR_TIMEOUT,
+                         "get_or_set: neither a value nor the lease within wait_ms (%d ms)",
+                         r->deadline_ms);
+        else
+                req_fail(r, RPC_ERR_TIMEOUT, "no answer from Redis within %d ms", r->deadline_ms);
 }
 
 struct req *

@@ -42,6 +42,7 @@ struct req {
         enum rpc_method method;
         ev_timer timer;     /* deadline */
         ev_tstamp deadline; /* absolute, 0 for requests answered locally */
+        int deadline_ms;    /* what the deadline was started with, for the TIMEOUT message */
         ev_tstamp started;  /* stats_clock() at arrival, for the latency; 0: not counted */
         struct bcall call;  /* the Redis command in flight, if any */
         int64_t aux;        /* handler state (e.g. number of keys) */

@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +54,10 @@ struct lentry {
         uint32_t call_gen;
         bool call_pending; /* call's completion is due: the memory must outlive it */
         bool is_zombie;    /* freed while call_pending: the completion frees it */
+        /* ACQUIRING: a fill/release notice for this key arrived while the script
+         * was on its way. If the script then says "held elsewhere", that holder
+         * may already be done, and its notice is gone: look again at once. */
+        bool notice_seen;
 };
 
 static struct server *lease_srv;
@@ -62,6 +67,31 @@ static uint64_t lease_seed, lease_counter;
 static void lease_detach(struct req *r);
 static void entry_drive(struct lentry *e);
 
+static const char *const lstate_names[] = {"acquiring", "held", "remote"};
+
+/* One debug line per transition: enough to replay a stuck waiter from the log. */
+static void ltrace(const struct lentry *e, const char *ev, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+#define LTRACE(e, ev, ...)                                                                         \
+        do {                                                                                       \
+                if (LOG_DEBUG >= log_level_current)                                                \
+                        ltrace((e), (ev), __VA_ARGS__);                                            \
+        } while (0)
+
+static void
+ltrace(const struct lentry *e, const char *ev, const char *fmt, ...)
+{
+        char buf[256];
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(buf, sizeof(buf), fmt, ap);
+        va_end(ap);
+        log_write(LOG_DEBUG, "lease", ev, "entry=%p state=%s key=%.*s %s", (const void *)e,
+                  lstate_names[e->state], (int)(e->klen > 64 ? 64 : e->klen),
+                  e->key != NULL ? e->key : "", buf);
+}
+
 /* --- entries ------------------------------------------------------------------ */
 
 static void
@@ -69,6 +99,7 @@ entry_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {
         struct lentry *e = (struct lentry *)((char *)w - offsetof(struct lentry, timer));
 
+        LTRACE(e, "timer", "ran_out=%s", e->state == L_HELD ? "lease" : "remote_pttl");
         /* HELD: the holder let it expire; REMOTE: the other loader's lease ran out. */
         entry_drive(e);
 }
@@ -85,6 +116,7 @@ entry_find(const char *id, size_t n)
 static void
 entry_free(struct lentry *e)
 {
+        LTRACE(e, "free", "pending_release=%d", e->call_pending);
         ev_timer_stop(lease_srv->loop, &e->timer);
         if (e->prev != NULL)
                 e->prev->next = e->next;
@@ -111,6 +143,7 @@ entry_free(struct lentry *e)
 static void
 waiter_add(struct lentry *e, struct req *r)
 {
+        LTRACE(e, "wait", "conn=%" PRIu64 " msgid=%" PRIu32, r->conn->id, r->msgid);
         r->state = e;
         r->state_free = lease_detach;
         r->lnext = NULL;
@@ -130,6 +163,8 @@ lease_detach(struct req *r)
 
         r->state = NULL;
         r->state_free = NULL;
+        LTRACE(e, "detach", "conn=%" PRIu64 " msgid=%" PRIu32 " leader=%d", r->conn->id, r->msgid,
+               e->leader == r);
         if (e->leader == r) {
                 e->leader = NULL;
                 /* Its script was cancelled with it: someone else must drive. */
@@ -214,8 +249,11 @@ gos_send(struct lentry *e, struct req *r, bool force)
 
         make_token(tok, sizeof(tok));
         snprintf(ms, sizeof(ms), "%d", e->lease_ms);
+        LTRACE(e, "gos", "conn=%" PRIu64 " msgid=%" PRIu32 " token=%s had_leader=%d", r->conn->id,
+               r->msgid, tok, e->leader != NULL);
         e->leader = r;
         e->state = L_ACQUIRING;
+        e->notice_seen = false;
         r->state = e;
         r->state_free = lease_detach;
         r->aux = force;
@@ -305,6 +343,8 @@ on_gos(void *priv, uint32_t gen, redisReply *reply, int err)
         }
         a = reply->element[0];
         code = a->integer;
+        LTRACE(e, "gos_answer", "conn=%" PRIu64 " msgid=%" PRIu32 " code=%lld leader_is_me=%d",
+               r->conn->id, r->msgid, code, e->leader == r);
         e->leader = NULL;
         r->state = NULL;
         r->state_free = NULL;
@@ -378,6 +418,13 @@ on_gos(void *priv, uint32_t gen, redisReply *reply, int err)
                                     : LEASE_MIN_MS;
                 if (g->type == REDIS_REPLY_STRING)
                         entry_set_lk(e, g->str, g->len);
+                if (e->notice_seen) {
+                        /* The holder filled or released while our script was on its
+                         * way back: waiting for its notice would wait for the PTTL. */
+                        LTRACE(e, "gos_again", "a notice passed the answer");
+                        gos_send(e, r, false);
+                        return;
+                }
                 e->state = L_REMOTE;
                 CACHE_COUNT(r, waits_coalesced, 1);
                 /* Wait for the other loader's fill notice, or its lease running out. */
@@ -555,6 +602,8 @@ on_fill(void *priv, uint32_t gen, redisReply *reply, int err)
                 return;
         f = r->state;
         e = entry_by_token(f->token, strlen(f->token));
+        log_debug("lease", "fill_answer", "token=%s entry=%p result=%lld", f->token, (void *)e,
+                  reply->type == REDIS_REPLY_INTEGER ? reply->integer : -1);
         if (reply->type != REDIS_REPLY_INTEGER) {
                 req_fail(r, RPC_ERR_INTERNAL, "fill: unexpected reply");
                 return;
@@ -649,6 +698,8 @@ on_release(void *priv, uint32_t gen, redisReply *reply, int err)
                 return;
         }
         e = entry_by_token(f->token, strlen(f->token));
+        log_debug("lease", "release_answer", "token=%s entry=%p result=%lld", f->token, (void *)e,
+                  reply->integer);
         if (reply->integer == 1)
                 msgpack_pack_true(req_result(r));
         else
@@ -694,6 +745,7 @@ on_sys_release(void *priv, uint32_t gen, redisReply *reply, int err)
 {
         struct lentry *e = priv;
 
+        log_debug("lease", "sys_release_answer", "entry=%p zombie=%d", (void *)e, e->is_zombie);
         e->call_pending = false;
         if (e->is_zombie) {
                 free(e);
@@ -713,6 +765,7 @@ lease_conn_closed(uint64_t conn_id)
                 next = e->next;
                 if (e->state != L_HELD || e->holder != conn_id)
                         continue;
+                LTRACE(e, "holder_gone", "conn=%" PRIu64 " pending=%d", conn_id, e->call_pending);
                 if (e->call_pending) {
                         /* An earlier release is still on its way: the Redis lease
                          * expires by itself; pass it on here now. */
@@ -740,6 +793,38 @@ lease_conn_closed(uint64_t conn_id)
         }
 }
 
+/*
+ * Could the lease key lk (from a notice) be e's? Exact once the generation is
+ * known; while the first script is on its way (no generation yet) everything
+ * but the generation must match. A false match costs one more script run.
+ */
+static bool
+notice_matches(const struct lentry *e, const char *lk, size_t n)
+{
+        size_t mlen, plen = strlen(lease_srv->cfg->key_prefix), head, tail;
+        const char *m = cache_meta(&mlen);
+
+        if (e->lk != NULL && e->lk_len == n && memcmp(e->lk, lk, n) == 0)
+                return true;
+        head = mlen + 6 + plen + (e->proto.has_ns ? 1 + e->proto.ns_len + 1 : 0);
+        tail = e->klen + 1 + e->flen;
+        if (n < head + tail || memcmp(lk, m, mlen) != 0 || memcmp(lk + mlen, "lease", 6) != 0 ||
+            memcmp(lk + mlen + 6, lease_srv->cfg->key_prefix, plen) != 0)
+                return false;
+        if (e->proto.has_ns) {
+                const char *ns = lk + mlen + 6 + plen;
+                if (ns[0] != '\0' || memcmp(ns + 1, e->proto.ns, e->proto.ns_len) != 0 ||
+                    ns[1 + e->proto.ns_len] != '\0' || n < head + 2 + tail ||
+                    lk[n - tail - 1] != '\0')
+                        return false;
+        } else if (n != head + tail) {
+                return false;
+        }
+        lk += n - tail;
+        return memcmp(lk, e->key, e->klen) == 0 && lk[e->klen] == '\0' &&
+               (e->flen == 0 || memcmp(lk + e->klen + 1, e->field, e->flen) == 0);
+}
+
 static void
 on_event(void *priv, const char *msg, size_t n)
 {
@@ -751,11 +836,15 @@ on_event(void *priv, const char *msg, size_t n)
                 off = 8;
         else
                 return;
+        log_debug("lease", "notice", "what=%.*s", (int)(n > 80 ? 80 : n), msg);
         for (struct lentry *e = lease_entries, *next; e != NULL; e = next) {
                 next = e->next;
                 if (e->state == L_REMOTE && e->lk != NULL && e->lk_len == n - off &&
                     memcmp(e->lk, msg + off, e->lk_len) == 0)
                         entry_drive(e);
+                else if (e->state == L_ACQUIRING && e->leader != NULL &&
+                         notice_matches(e, msg + off, n - off))
+                        e->notice_seen = true;
         }
 }
 

@@ -136,6 +136,9 @@ static const char *const texts[SCRIPT_COUNT] = {
         "  return {1, v, 1}\n"
         "end\n"
         "if redis.call('SET', lk, lv, 'NX', 'PX', ARGV[6]) then return {2, ARGV[5], g} end\n"
+        /* The same token again (the script was sent twice): it is ours. */
+        "if string.match(redis.call('GET', lk) or '', '^(%S+)') == ARGV[5] then\n"
+        "  return {2, ARGV[5], g} end\n"
         "return {3, redis.call('PTTL', lk), g}\n",
 
         /* -> 1 written | 0 refused */
@@ -149,12 +152,15 @@ static const char *const texts[SCRIPT_COUNT] = {
         "local tok, ep, lg, fp = string.match(l, '^(%S+) (%S+) (%S*) (%S+)$')\n"
         "if tok ~= ARGV[5] then return 0 end\n"
         "redis.call('DEL', lk)\n"
-        "if lg ~= g then return 0 end\n"
-        "if (redis.call('GET', M .. 'epoch') or '0') ~= ep then return 0 end\n"
+        /* Refused after the lease was dropped: waiters elsewhere must look again now. */
+        "local function refuse()\n"
+        "  redis.call('PUBLISH', M .. 'events', 'release ' .. lk); return 0 end\n"
+        "if lg ~= g then return refuse() end\n"
+        "if (redis.call('GET', M .. 'epoch') or '0') ~= ep then return refuse() end\n"
         "local cur\n"
         "if f ~= '' then cur = redis.call('HGET', dk, f) else cur = redis.call('GET', dk) end\n"
-        "if fp == '-' then if cur then return 0 end\n"
-        "elseif not cur or redis.sha1hex(cur) ~= fp then return 0 end\n"
+        "if fp == '-' then if cur then return refuse() end\n"
+        "elseif not cur or redis.sha1hex(cur) ~= fp then return refuse() end\n"
         "local px, fpx, nt = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])\n"
         "if f ~= '' then\n"
         "  redis.call('HSET', dk, f, ARGV[6])\n"

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import (Inflight, T, assert_healthy, cache_stats, data_key, err_code,
-                      gen_key, stored_payload, wait_until)
+                      gen_key, meta_base, stored_payload, wait_until)
 
 PREFIX = "app*[1]:"
 INI = {"cache": {"key_prefix": PREFIX}}
@@ -236,6 +236,55 @@ def test_remote_waiter_takes_over_when_holder_disconnects(harness, redis):
     assert leases[0][0].call("fill", "rk", leases[0][3], b"from-b") == (None, True)
     _, values, errors = split_answers(fl.wait_all(5))
     assert not errors and values == [(None, {"value": b"from-b"})], (errors, values)
+
+
+def test_refused_fill_wakes_remote_waiter_at_once(harness, redis):
+    """A tag invalidation revokes the holder's lease on kcached A; its fill is
+    refused and drops the lease, and the refusal is published: the waiter on
+    kcached B gets the lease at once, not after the lease's 20 s PTTL (its
+    wait_ms of 10 s would answer TIMEOUT first)."""
+    a = harness.kcached(redis, ini=INI)
+    b = harness.kcached(redis, ini=INI)
+    # Both subscribed to the lease notices first (a subscription coming up
+    # makes waiters look again, which would hide the missing notice).
+    chan = meta_base(PREFIX) + b"events"
+    wait_until(lambda: redis.cmd("PUBSUB", "NUMSUB", chan)[1] == 2, 5, "both subscribed")
+    holder, cb = a.client(), b.client()
+    tok = lease_of(holder.ok("get_or_set", "fr", {"lease_ms": 20000}))
+    fl = Inflight()
+    fl.send(cb, "get_or_set", "fr", {"wait_ms": 10000})
+    wait_until(lambda: totals(b.client())["waits_coalesced"] >= 1, 5, "b's waiter")
+    assert holder.ok("invalidate", {"tags": ["unrelated"]}) is not None
+    err, _ = holder.call("fill", "fr", tok, b"too-late")
+    assert err_code(err) == "LEASE_INVALID", err
+    fl.wait_answered(1, T(3), "b's waiter to get the lease after the refused fill")
+    leases, values, errors = split_answers(fl.answered())
+    assert not errors and not values and len(leases) == 1, (leases, values, errors)
+    assert cb.call("fill", "fr", leases[0][3], b"from-b") == (None, True)
+    assert holder.call("get_or_set", "fr") == (None, {"value": b"from-b"})
+
+
+def test_waiter_coalesces_after_namespaced_request_on_its_connection(kcd, redis):
+    """A get_or_set without ns on a connection whose previous request carried
+    an ns must join the local entry (no script of its own in Redis): the
+    request slot is reused, and nothing of the old ns may leak into the key's
+    identity. (Seen in the soak: a second entry for the same key, whose waiters
+    could miss the holder's fill notice.)"""
+    holder = kcd.client()
+    tok = lease_of(holder.ok("get_or_set", "nc"))
+    w = kcd.client()
+    for _ in range(3):
+        w.ok("get", "other", {"ns": "a-long-tenant-name"})
+    assert redis.cmd("CONFIG", "RESETSTAT") == "OK"
+    fl = Inflight()
+    fl.send(w, "get_or_set", "nc", {"wait_ms": 5000})
+    wait_until(lambda: totals(kcd.client())["waits_coalesced"] >= 1, 5, "the waiter")
+    info = redis.cmd("INFO", "commandstats")
+    info = info.decode() if isinstance(info, bytes) else info
+    assert "cmdstat_eval" not in info, f"the waiter ran its own script in Redis:\n{info}"
+    assert holder.call("fill", "nc", tok, b"v1") == (None, True)
+    _, values, errors = split_answers(fl.wait_all(5))
+    assert not errors and values == [(None, {"value": b"v1"})], (errors, values)
 
 
 def test_waiter_times_out_with_wait_ms(kcd):
