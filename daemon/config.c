@@ -262,7 +262,7 @@ static const struct config_key config_keys[K_COUNT] = {
                 "Largest array a Redis reply may declare; more is refused as a node failure."),
         KEY_INT(K_MAX_REPLY_BYTES, "redis", max_reply_bytes, "536870912", 65536, 4294967296,
                 false, NULL,
-                "Most bytes buffered for one Redis reply; more is refused as a node failure."),
+                "Largest Redis reply (built plus buffered); more is refused as a node failure."),
         KEY_INT(K_POOL_SIZE, "redis", pool_size, "4", 1, 64, true, NULL,
                 "Connections to the primary; each pipelines its commands."),
         KEY_INT(K_REPLICA_POOL_SIZE, "redis", replica_pool_size, "2", 1, 64, true, NULL,

@@ -141,6 +141,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         bool in_pieces = (x & 1) != 0;
         size_t off = 0, nodes = 0;
         redisReader *rd;
+        struct rconn_guard guard;
 
         if (fuzz_default_elements == 0) {
                 /* The daemon's defaults, from the configuration table. */
@@ -154,7 +155,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fuzz_max_elements = (x & 2) != 0 ? 16 : fuzz_default_elements;
         fuzz_max_bytes = (x & 2) != 0 ? 65536 : fuzz_default_bytes;
         rconn_set_limits(fuzz_max_elements, fuzz_max_bytes);
-        rd = rconn_reader_new_for_tests();
+        rd = rconn_reader_new_for_tests(&guard);
         if (rd == NULL)
                 fuzz_fail("out of memory");
         while (off < size) {
@@ -173,6 +174,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                 goto refused;
                         if (reply == NULL)
                                 break;
+                        guard.bytes = 0;
                         nodes += fuzz_walk(reply, 1, off, false);
                         freeReplyObject(reply);
                         /* The shortest node is 3 bytes (":\r\n" reads as 0). */
@@ -185,8 +187,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 if (rd->len < rd->pos || rd->len - rd->pos > off)
                         fuzz_fail("reader buffers %zu bytes of %zu fed", rd->len - rd->pos, off);
                 /* As rconn_on_read(): an incomplete reply may not grow without bound. */
-                if (rd->len - rd->pos > fuzz_max_bytes)
+                if (rconn_guard_exceeded(rd))
                         break;
+                if (guard.bytes > fuzz_max_bytes + 65536)
+                        fuzz_fail("a reply built %zu bytes past max_reply_bytes %zu",
+                                  guard.bytes, fuzz_max_bytes);
         }
         redisReaderFree(rd);
         return 0;

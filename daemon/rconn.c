@@ -28,8 +28,14 @@ static struct rconn *rconn_dirty_head;
 
 /*
  * Reader guard: hiredis 0.14.1 callocs elements * 8 bytes for an array header
- * before any element arrives (`*2147483647` asks for 16 GiB), so arrays are
- * capped here, delegating to the default functions the reader came with.
+ * before any element arrives (`*2147483647` asks for 16 GiB), and has no
+ * bound on a reply's size: it drops each element's bytes from its buffer once
+ * parsed, so the buffer alone does not show a reply built from many pieces.
+ * Every object the reader creates is counted against the reply being built
+ * (struct rconn_guard, the reader's privdata; reset at each reply's root), and
+ * refused past the limits by returning NULL, which the reader reports as out
+ * of memory: a node failure, named by guard->why. The default functions the
+ * reader came with do the work.
  */
 static redisReplyObjectFunctions rconn_default_fns;
 static long rconn_max_elements = 1 << 20;
@@ -43,16 +49,64 @@ rconn_set_limits(long max_elements, size_t max_bytes)
 }
 static redisReplyObjectFunctions rconn_guarded_fns;
 
+/* Counts n more bytes of the reply task belongs to; false past the limit. */
+static bool
+rconn_guard_add(const redisReadTask *task, size_t n)
+{
+        struct rconn_guard *g = task->privdata;
+
+        if (g == NULL)
+                return true;
+        if (task->parent == NULL)
+                g->bytes = 0; /* a new reply: its root comes first (arrays) or alone */
+        g->bytes += n;
+        if (g->bytes > rconn_max_bytes) {
+                g->why = "reply larger than max_reply_bytes";
+                return false;
+        }
+        return true;
+}
+
 static void *
 rconn_create_array(const redisReadTask *task, int elements)
 {
-        if (elements < 0 || elements > rconn_max_elements)
-                return NULL; /* the reader reports "out of memory": a node failure */
+        if (elements < 0 || elements > rconn_max_elements) {
+                if (task->privdata != NULL)
+                        ((struct rconn_guard *)task->privdata)->why =
+                                "array longer than max_reply_elements";
+                return NULL;
+        }
+        if (!rconn_guard_add(task, sizeof(redisReply) + (size_t)elements * sizeof(redisReply *)))
+                return NULL;
         return rconn_default_fns.createArray(task, elements);
 }
 
+static void *
+rconn_create_string(const redisReadTask *task, char *str, size_t len)
+{
+        if (!rconn_guard_add(task, sizeof(redisReply) + len + 1))
+                return NULL;
+        return rconn_default_fns.createString(task, str, len);
+}
+
+static void *
+rconn_create_integer(const redisReadTask *task, long long v)
+{
+        if (!rconn_guard_add(task, sizeof(redisReply)))
+                return NULL;
+        return rconn_default_fns.createInteger(task, v);
+}
+
+static void *
+rconn_create_nil(const redisReadTask *task)
+{
+        if (!rconn_guard_add(task, sizeof(redisReply)))
+                return NULL;
+        return rconn_default_fns.createNil(task);
+}
+
 static redisReader *
-rconn_reader_new(void)
+rconn_reader_new(struct rconn_guard *g)
 {
         redisReader *r = redisReaderCreate();
 
@@ -62,15 +116,29 @@ rconn_reader_new(void)
                 rconn_default_fns = *r->fn;
                 rconn_guarded_fns = rconn_default_fns;
                 rconn_guarded_fns.createArray = rconn_create_array;
+                rconn_guarded_fns.createString = rconn_create_string;
+                rconn_guarded_fns.createInteger = rconn_create_integer;
+                rconn_guarded_fns.createNil = rconn_create_nil;
         }
         r->fn = &rconn_guarded_fns;
+        g->bytes = 0;
+        g->why = NULL;
+        r->privdata = g;
         return r;
 }
 
-redisReader *
-rconn_reader_new_for_tests(void)
+bool
+rconn_guard_exceeded(const redisReader *r)
 {
-        return rconn_reader_new();
+        const struct rconn_guard *g = r->privdata;
+
+        return g->bytes + (r->len - r->pos) > rconn_max_bytes;
+}
+
+redisReader *
+rconn_reader_new_for_tests(struct rconn_guard *g)
+{
+        return rconn_reader_new(g);
 }
 
 static void rconn_on_read(struct ev_loop *loop, ev_io *w, int revents);
@@ -158,7 +226,7 @@ rconn_connect(struct rconn *rc, const struct sockaddr *addr, socklen_t len, cons
                 int one = 1;
                 (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         }
-        rc->reader = rconn_reader_new();
+        rc->reader = rconn_reader_new(&rc->guard);
         if (rc->reader == NULL) {
                 close(fd);
                 return -ENOMEM;
@@ -417,18 +485,19 @@ rconn_on_read(struct ev_loop *loop, ev_io *w, int revents)
                 if (redisReaderGetReply(rc->reader, &reply) != REDIS_OK) {
                         char why[200];
                         snprintf(why, sizeof(why), "protocol: %s (reply refused)",
-                                 rc->reader->errstr);
+                                 rc->guard.why != NULL ? rc->guard.why : rc->reader->errstr);
                         rconn_close(rc, why);
                         return;
                 }
                 if (reply == NULL)
                         break;
+                rc->guard.bytes = 0;
                 int r = rconn_dispatch(rc, reply);
                 freeReplyObject(reply);
                 if (r < 0)
                         return;
         }
-        /* A reply that is still incomplete may not grow the buffer without bound. */
-        if (rc->reader->len - rc->reader->pos > rconn_max_bytes)
-                rconn_close(rc, "protocol: reply larger than the limit (reply refused)");
+        /* A reply still incomplete: what it built plus what waits in the buffer. */
+        if (rconn_guard_exceeded(rc->reader))
+                rconn_close(rc, "protocol: reply larger than max_reply_bytes (reply refused)");
 }

@@ -58,6 +58,12 @@ struct rconn_pending {
         uint32_t n_replies; /* replies still due; fn runs on the last */
 };
 
+/* What the reply being read has built so far (see rconn.c's reader guard). */
+struct rconn_guard {
+        size_t bytes;    /* objects of the reply in progress, with their strings */
+        const char *why; /* static: the limit a refused reply crossed */
+};
+
 struct rconn {
         struct ev_loop *loop; /* ref */
         int fd;
@@ -66,6 +72,7 @@ struct rconn {
         ev_io wio;
         ev_timer timer; /* connect + handshake deadline */
         redisReader *reader;
+        struct rconn_guard guard; /* the reader's privdata */
         struct buf out;
         struct rconn_pending *q; /* ring of commands sent or queued */
         size_t q_cap, q_head, q_len;
@@ -122,13 +129,16 @@ rconn_inflight(const struct rconn *rc)
 }
 
 /*
- * A redisReader set up exactly as a connection's (the createArray guard of
- * rconn_set_limits()' max_elements), for daemon/fuzz-reply.c. NULL when out
- * of memory; the caller frees it with redisReaderFree(). A connection also
- * refuses a reply still incomplete past max_bytes buffered: the caller
- * applies that bound itself after each redisReaderFeed().
+ * A redisReader set up exactly as a connection's (the guards of
+ * rconn_set_limits(), counting into g, which must outlive it), for
+ * daemon/fuzz-reply.c. NULL when out of memory; the caller frees it with
+ * redisReaderFree(). A connection also refuses a reply still incomplete once
+ * rconn_guard_exceeded(): the caller applies that check itself after each
+ * redisReaderFeed() and the replies it took.
  */
-redisReader *rconn_reader_new_for_tests(void);
+redisReader *rconn_reader_new_for_tests(struct rconn_guard *g);
+/* The reply in progress (built plus buffered) is past max_bytes. */
+bool rconn_guard_exceeded(const redisReader *r);
 
 /* Writes what every rconn has queued; called once per loop iteration. */
 void rconn_flush_all(void);

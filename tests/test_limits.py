@@ -612,6 +612,22 @@ def test_reply_bulk_2000000000_streamed_refused_past_max_reply_bytes(harness, re
     assert fake.bytes_sent < 16 * MiB, f"kcached read {fake.bytes_sent} bytes of one reply"
 
 
+def test_reply_array_of_many_pieces_refused_past_max_reply_bytes(harness, request):
+    """1,000 elements of 64 KiB each (64 MiB): the reader drops each element's
+    bytes from its buffer once parsed, so only counting what the reply has
+    built catches it. Refused soon after 1 MiB."""
+    def get(args):
+        def stream():
+            yield b"*1000\r\n"
+            for _ in range(1000):
+                yield b"$65536\r\n" + b"y" * 65536 + b"\r\n"
+        return stream()
+    fake, k = guard_kcached(harness, request, get, {"redis": {"max_reply_bytes": MiB}})
+    assert_refused_quickly(k, fake)
+    assert fake.bytes_sent < 16 * MiB, f"kcached read {fake.bytes_sent} bytes of one reply"
+    assert "reply larger than max_reply_bytes" in k.log_text()
+
+
 def test_reply_bulk_2000000000_header_only_no_allocation(harness, request):
     """With the default max_reply_bytes the header alone may not be refused
     at once; kcached must still not allocate 2 GB, and must answer within
