@@ -25,7 +25,7 @@ wrong value, RSS growth above --rss-bound-mib, or a different fd count.
 The client is Python: the request rate is bounded by this one thread, not by
 kcached.
 
-usage: /usr/bin/python3 bench/soak.py [--build build] [--minutes 10] [--clients 32]
+usage: /usr/bin/python3 bench/soak.py [--build build] [--minutes 10] [--clients 32] [--peer-clients 8]
 """
 
 import argparse
@@ -60,6 +60,9 @@ def parse_args():
                     help="seconds of load before the start RSS/fd figures (default: 15)")
     ap.add_argument("--rss-bound-mib", type=float, default=16,
                     help="allowed RSS growth from warm-up to end (default: 16)")
+    ap.add_argument("--peer-clients", type=int, default=8,
+                    help="connections to a second kcached on the same Redis that only run "
+                         "get_or_set + fill on the same lease keys (default: 8; 0: none)")
     ap.add_argument("--json", help="also write the summary as JSON to this file")
     ap.add_argument("--keep-log", help="copy kcached's log to this file at the end")
     ap.add_argument("--log-level", default="info",
@@ -103,8 +106,9 @@ class Load:
     ANSWER_TIMEOUT = 5.0
     CHURN_EVERY = 2000
 
-    def __init__(self, msgpack, sock_path, stable, n_conns, depth, seed=1):
+    def __init__(self, msgpack, sock_path, stable, n_conns, depth, seed=1, leases_only=False):
         self.msgpack = msgpack
+        self.leases_only = leases_only
         self.sock_path = sock_path
         self.stable = list(stable.items())
         self.n_conns = n_conns
@@ -140,6 +144,8 @@ class Load:
     # -- the mix
     def _pick(self):
         r = self.rng.random()
+        if self.leases_only:
+            r = 0.85  # get_or_set only (the second kcached)
         key, val = self.stable[self.rng.randrange(len(self.stable))]
         churn = "churn:%d" % self.rng.randrange(500)
         if r < 0.45:
@@ -248,7 +254,7 @@ class Load:
         self.ok += 1
         if kind == "gos" and isinstance(res, dict) and "lease" in res:
             # Holder of the lease: fill it at once (a loader that succeeded).
-            self._send(c, "fill", [want, res["lease"], b"filled", {"ttl": 30}],
+            self._send(c, "fill", [want, res["lease"], b"filled", {"ttl": 5}],
                        ("fill", (want, res["lease"])), now)
 
     # -- life
@@ -329,7 +335,7 @@ def main():
           f"{a.kill_every:g} s, restarted {a.down:g} s later", flush=True)
 
     h = Harness()
-    load = None
+    load = peer_load = None
     summary = {}
     try:
         topo = Topology(h)
@@ -349,6 +355,12 @@ def main():
         wait(all_in_rotation, 15, "replicas in rotation")
 
         load = Load(msgpack, k.sock, stable, a.clients, a.depth).start()
+        if a.peer_clients > 0:
+            # Leases across two daemons: waiters on one, holders on the other,
+            # woken by the fill/release notices through Redis.
+            k2 = topo.kcached(ini={"log": {"level": a.log_level}})
+            peer_load = Load(msgpack, k2.sock, stable, a.peer_clients, 2, seed=2,
+                             leases_only=True).start()
         t0 = time.monotonic()
         time.sleep(min(a.warmup, seconds / 4))
         start = {"rss_kb": rss_kb(k.pid), "fds": fd_count(k.pid),
@@ -385,6 +397,8 @@ def main():
                       f"{samples[-1][2]} fds, {len(windows)} kills", flush=True)
             time.sleep(0.5)
         load.stop()
+        if peer_load is not None:
+            peer_load.stop()
         wait(all_in_rotation, 30, "replicas in rotation at the end")
         # The same number of client connections as at the start: open them
         # again (they were closed by stop()) before counting fds.
@@ -402,8 +416,9 @@ def main():
         warn_lines = [x for x in k.log_text().splitlines()
                       if "level=warn" in x or "level=error" in x]
     finally:
-        if load is not None and load._thread is not None and load._thread.is_alive():
-            load.stop()
+        for ld in (load, peer_load):
+            if ld is not None and ld._thread is not None and ld._thread.is_alive():
+                ld.stop()
         if a.keep_log and h.kcacheds:
             import shutil
             shutil.copy(h.kcacheds[0].log_path, a.keep_log)
@@ -413,7 +428,8 @@ def main():
         return any(w0 <= t <= w1 for w0, w1 in windows)
     inside, outside = Counter(), Counter()
     examples = []
-    for t, kind, detail in load.events:
+    events = load.events + (peer_load.events if peer_load is not None else [])
+    for t, kind, detail in sorted(events, key=lambda e: e[0]):
         rel = t - t0
         (inside if in_window(rel) else outside)[kind] += 1
         if not in_window(rel) and len(examples) < 10:
@@ -427,6 +443,9 @@ def main():
         "minutes": a.minutes, "clients": a.clients, "depth": a.depth, "kills": len(windows),
         "requests": load.requests, "ok": load.ok, "by_method": dict(load.by_method),
         "reconnects": load.reconnects, "fills_refused": load.fills_refused,
+        "peer": None if peer_load is None else {
+            "clients": a.peer_clients, "requests": peer_load.requests, "ok": peer_load.ok,
+            "by_method": dict(peer_load.by_method), "fills_refused": peer_load.fills_refused},
         "events_in_windows": dict(inside), "events_outside_windows": dict(outside),
         "window_seconds": round(sum(w1 - w0 for w0, w1 in windows), 1),
         "rss_kb": {"start": start["rss_kb"], "end": end["rss_kb"], "max": rss_max,
@@ -442,6 +461,9 @@ def main():
     print(f"requests: {load.requests} ({load.requests / seconds:.0f}/s), {load.ok} ok; "
           f"by method {dict(load.by_method)}; {load.reconnects} connection churns; "
           f"{load.fills_refused} fills refused (LEASE_INVALID after an invalidation: by design)")
+    if peer_load is not None:
+        print(f"second kcached (leases only): {peer_load.requests} requests, {peer_load.ok} ok; "
+              f"by method {dict(peer_load.by_method)}; {peer_load.fills_refused} fills refused")
     print(f"kills: {len(windows)}; disturbance windows total {summary['window_seconds']} s "
           f"of {seconds:.0f} s")
     print(f"errors inside the windows:  {dict(inside) or 'none'}")
