@@ -1439,6 +1439,20 @@ on_invalidated_count(void *priv, uint32_t gen, redisReply *reply, int err)
         req_done(r);
 }
 
+/*
+ * The near cache was flushed when the invalidation was sent; a near-cache miss
+ * read after that but run by Redis before the script (another pool
+ * connection) could still plant an old value, and the tracking message that
+ * would remove it may come after this answer. Flushing again before the answer
+ * leaves only fills sent after the script ran.
+ */
+static void
+on_tags_invalidated(void *priv, uint32_t gen, redisReply *reply, int err)
+{
+        near_flush("tag invalidation done");
+        on_invalidated_count(priv, gen, reply, err);
+}
+
 static void
 on_bumped(void *priv, uint32_t gen, redisReply *reply, int err)
 {
@@ -1509,6 +1523,8 @@ on_epoch(void *priv, uint32_t gen, redisReply *reply, int err)
 
         if (r == NULL)
                 return;
+        /* Again at the end: see on_tags_invalidated(). */
+        near_flush("pattern invalidation done");
         pack_deleted(r, ((struct scan_job *)r->state)->deleted);
         req_done(r);
 }
@@ -1708,7 +1724,7 @@ handler_invalidate(struct req *r, const msgpack_object *args, const struct opts 
                         cache_resp_bulk(p, plen);
                 }
                 req_start_deadline(r, (int)(CACHE_SCAN_WAIT_S * 1000));
-                cache_submit(r, BACKEND_WRITE, 1, on_invalidated_count);
+                cache_submit(r, BACKEND_WRITE, 1, on_tags_invalidated);
                 return;
         }
         if (nlen == 9 && memcmp(name, "namespace", 9) == 0) {

@@ -350,10 +350,12 @@ def test_outside_set_del_flushdb_flushall(kn, c, redis):
     for i in range(5):
         warm(c, "k", b"v1" if i == 0 else b"x%d" % (i - 1))
         redis_cli(redis, "SET", rkey("k"), "x%d" % i)
-        assert get(c, "k") == b"x%d" % i
+        # The invalidation travels on its own connection: it may land just
+        # after redis-cli's answer, so the read polls (no stale value for long).
+        poll(lambda: get(c, "k") == b"x%d" % i, 5, f"k to read x{i}")
     warm(c, "k", b"x4")
     redis_cli(redis, "DEL", rkey("k"))
-    assert get(c, "k") is None
+    poll(lambda: get(c, "k") is None, 5, "k to read as deleted")
 
     for cmd in ("FLUSHDB", "FLUSHALL"):
         keys = [f"f{i}" for i in range(5)]
@@ -365,7 +367,7 @@ def test_outside_set_del_flushdb_flushall(kn, c, redis):
         assert st0["entries"] >= 5, st0
         assert redis_cli(redis, cmd) == b"OK"
         for key in keys:
-            assert get(c, key) is None, f"{key} after {cmd}"
+            poll(lambda: get(c, key) is None, 5, f"{key} after {cmd}")
         st1 = near(c)
         assert st1["flushes"] > st0["flushes"] and st1["invalidations"] > st0["invalidations"]
         assert st1["active"] is True, st1
@@ -408,7 +410,9 @@ def test_invalidations_and_flush_evict_at_once(kn, c, redis):
     res = c.ok("invalidate", {"tags": ["tg"]})
     assert res == {"deleted": 1}, res
     st = near(c)
-    assert st["flushes"] > f0 and st["entries"] == 0, st
+    # Flushed when sent and again before the answer (a miss read in between
+    # may have planted an old value).
+    assert st["flushes"] >= f0 + 2 and st["entries"] == 0, st
     assert get(c, "tagged") is None
     assert get(c, "plain") == b"p"
 
@@ -416,7 +420,7 @@ def test_invalidations_and_flush_evict_at_once(kn, c, redis):
     f0 = near(c)["flushes"]
     assert c.ok("invalidate", {"pattern": "pla*"}) == {"deleted": 1}
     st = near(c)
-    assert st["flushes"] > f0 and st["entries"] == 0, st
+    assert st["flushes"] >= f0 + 2 and st["entries"] == 0, st
     assert get(c, "plain") is None
 
     assert c.ok("set", "plain", b"p2") is True
