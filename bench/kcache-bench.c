@@ -30,6 +30,7 @@
 #define _GNU_SOURCE /* pthread_setaffinity_np, CPU_SET */
 #endif
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -90,6 +91,8 @@ static struct {
         const char *cpus;
         int cpu_list[KB_MAX_THREADS];
         int n_cpu_list;
+        int cpu_pids[4]; /* --cpu-of: processes whose CPU time the measured window costs */
+        int n_cpu_pids;
         double *zipf_cdf; /* owned; n_keys entries */
         uint32_t *zipf_perm;
 } opt = {
@@ -158,6 +161,47 @@ now_ns(void)
 
         clock_gettime(CLOCK_MONOTONIC, &ts);
         return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void
+sleep_until_ns(uint64_t t)
+{
+        struct timespec ts = {.tv_sec = (time_t)(t / 1000000000u), .tv_nsec = (long)(t % 1000000000u)};
+
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+                ;
+}
+
+/* Nanoseconds process pid has run on a CPU, every thread (schedstat); 0 if unknown. */
+static uint64_t
+cpu_ns_of(int pid)
+{
+        char path[64];
+        DIR *d;
+        struct dirent *de;
+        uint64_t sum = 0;
+
+        snprintf(path, sizeof(path), "/proc/%d/task", pid);
+        d = opendir(path);
+        if (d == NULL)
+                return 0;
+        while ((de = readdir(d)) != NULL) {
+                char f[320];
+                unsigned long long ns;
+                FILE *fp;
+
+                if (de->d_name[0] == '.')
+                        continue;
+                snprintf(f, sizeof(f), "/proc/%d/task/%s/schedstat", pid, de->d_name);
+                fp = fopen(f, "r");
+                if (fp == NULL)
+                        continue;
+                if (fscanf(fp, "%llu", &ns) == 1)
+                        sum += ns;
+                fclose(fp);
+        }
+        closedir(d);
+        return sum;
 }
 
 static void
@@ -1225,7 +1269,9 @@ usage(void)
                 "  --preload        set every key through the target first\n"
                 "  --near-off       kcached: {\"near\": false} on every get\n"
                 "  --cpus LIST      pin thread i to the i-th CPU of LIST (e.g. 1 or 0,1)\n"
-                "  --label TEXT     printed in the header and the RESULT line\n",
+                "  --label TEXT     printed in the header and the RESULT line\n"
+                "  --cpu-of PID     also report the CPU time process PID spends in the measured\n"
+                "                   window, per request (duration mode; up to 4 times)\n",
                 KB_MAX_DEPTH);
         exit(2);
 }
@@ -1233,7 +1279,7 @@ usage(void)
 int
 main(int argc, char **argv)
 {
-        enum { O_RESP = 256, O_GOS, O_PRELOAD, O_NEAR_OFF, O_CPUS, O_LABEL };
+        enum { O_RESP = 256, O_GOS, O_PRELOAD, O_NEAR_OFF, O_CPUS, O_LABEL, O_CPU_OF };
         static const struct option longs[] = {
                 {"resp", no_argument, NULL, O_RESP},
                 {"get-or-set", no_argument, NULL, O_GOS},
@@ -1241,13 +1287,15 @@ main(int argc, char **argv)
                 {"near-off", no_argument, NULL, O_NEAR_OFF},
                 {"cpus", required_argument, NULL, O_CPUS},
                 {"label", required_argument, NULL, O_LABEL},
+                {"cpu-of", required_argument, NULL, O_CPU_OF},
                 {"help", no_argument, NULL, 'h'},
                 {NULL, 0, NULL, 0},
         };
         struct thread *ths;
         struct hist all = {0};
         uint64_t n_ops[OP_COUNT] = {0}, hits = 0, misses = 0, errors = 0, total = 0;
-        uint64_t t_start;
+        uint64_t t_start, cpu0[4] = {0}, cpu1[4] = {0};
+        double cpu_us_op[4];
         double secs;
         int ch;
 
@@ -1297,6 +1345,11 @@ main(int argc, char **argv)
                         break;
                 case O_CPUS:
                         opt.cpus = optarg;
+                        break;
+                case O_CPU_OF:
+                        if (opt.n_cpu_pids == 4 || atoi(optarg) <= 0)
+                                usage();
+                        opt.cpu_pids[opt.n_cpu_pids++] = atoi(optarg);
                         break;
                 case O_LABEL:
                         opt.label = optarg;
@@ -1362,6 +1415,15 @@ main(int argc, char **argv)
         for (int i = 0; i < opt.n_threads; i++)
                 if (pthread_create(&ths[i].tid, NULL, thread_main, &ths[i]) != 0)
                         die("pthread_create", strerror(errno));
+        if (opt.n_cpu_pids > 0 && opt.count == 0) {
+                /* The measured window only: the warm-up and the connects do not count. */
+                sleep_until_ns(t_measure_ns);
+                for (int i = 0; i < opt.n_cpu_pids; i++)
+                        cpu0[i] = cpu_ns_of(opt.cpu_pids[i]);
+                sleep_until_ns(t_end_ns);
+                for (int i = 0; i < opt.n_cpu_pids; i++)
+                        cpu1[i] = cpu_ns_of(opt.cpu_pids[i]);
+        }
         for (int i = 0; i < opt.n_threads; i++) {
                 pthread_join(ths[i].tid, NULL);
                 hist_merge(&all, &ths[i].hist);
@@ -1384,12 +1446,23 @@ main(int argc, char **argv)
         printf("latency us: p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f  max %.1f  mean %.1f\n",
                hist_pct(&all, 50), hist_pct(&all, 90), hist_pct(&all, 99), hist_pct(&all, 99.9),
                (double)all.max_ns / 1e3, all.n ? all.sum_ns / (double)all.n / 1e3 : NAN);
+        /* CPU seconds per million requests = CPU microseconds per request. */
+        for (int i = 0; i < opt.n_cpu_pids; i++) {
+                cpu_us_op[i] = opt.count == 0 && total > 0
+                                       ? (double)(cpu1[i] - cpu0[i]) / 1e3 / (double)total
+                                       : NAN;
+                printf("cpu of pid %d in the measured window: %.1f ms, %.3f us per request\n",
+                       opt.cpu_pids[i], (double)(cpu1[i] - cpu0[i]) / 1e6, cpu_us_op[i]);
+        }
         printf("RESULT label=%s ops=%llu rate=%.1f p50_us=%.2f p90_us=%.2f p99_us=%.2f "
-               "p999_us=%.2f max_us=%.2f hits=%llu misses=%llu errors=%llu\n",
+               "p999_us=%.2f max_us=%.2f hits=%llu misses=%llu errors=%llu",
                opt.label[0] ? opt.label : "-", (unsigned long long)total, (double)total / secs,
                hist_pct(&all, 50), hist_pct(&all, 90), hist_pct(&all, 99), hist_pct(&all, 99.9),
                (double)all.max_ns / 1e3, (unsigned long long)hits, (unsigned long long)misses,
                (unsigned long long)errors);
+        for (int i = 0; i < opt.n_cpu_pids; i++)
+                printf(" cpu%d_us_op=%.3f", i, cpu_us_op[i]);
+        printf("\n");
         for (int i = 0; i < opt.n_threads; i++) {
                 for (int j = 0; j < ths[i].n_conns; j++) {
                         close(ths[i].conns[j].fd);

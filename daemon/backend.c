@@ -1219,14 +1219,21 @@ pick_node(struct backend *be, enum backend_route route, const struct node *exclu
 static void bcall_on_reply(void *priv, uint32_t gen, redisReply *reply, int err);
 
 static void
+bcall_drop_cmd(struct bcall *c)
+{
+        if (c->cmd != c->cmd_inline)
+                free(c->cmd);
+        c->cmd = NULL;
+}
+
+static void
 bcall_finish(struct bcall *c, redisReply *reply, int err)
 {
         c->rc = NULL;
         c->is_active = false;
         c->node = NULL;
         ev_timer_stop(c->be->loop, &c->attempt_timer);
-        free(c->cmd);
-        c->cmd = NULL;
+        bcall_drop_cmd(c);
         c->fn(c->priv, c->gen, reply, err);
 }
 
@@ -1419,7 +1426,7 @@ backend_call(struct backend *be, struct bcall *c, enum backend_route route, cons
         c->aff = aff;
         /* Keep a copy only when a read could be retried on another node. */
         if (route != BACKEND_WRITE && pick_node(be, route, n) != NULL) {
-                c->cmd = malloc(len);
+                c->cmd = len <= sizeof(c->cmd_inline) ? c->cmd_inline : malloc(len);
                 if (c->cmd == NULL)
                         return -ENOMEM;
                 memcpy(c->cmd, cmd, len);
@@ -1434,8 +1441,7 @@ backend_call(struct backend *be, struct bcall *c, enum backend_route route, cons
         }
         if (r < 0) {
                 c->is_active = false;
-                free(c->cmd);
-                c->cmd = NULL;
+                bcall_drop_cmd(c);
                 return r == -ENOMEM ? -ENOMEM : BACKEND_E_UNAVAILABLE;
         }
         return 0;
@@ -1454,8 +1460,7 @@ backend_call_cancel(struct bcall *c)
         c->attempt_gen++;
         c->node = NULL;
         ev_timer_stop(c->be->loop, &c->attempt_timer);
-        free(c->cmd);
-        c->cmd = NULL;
+        bcall_drop_cmd(c);
 }
 
 bool

@@ -74,8 +74,9 @@ struct bcall {
         enum backend_route route;
         bool is_active;
         int n_tries;
-        char *cmd; /* owned copy for a retry; NULL when no retry is possible */
+        char *cmd; /* copy for a retry (cmd_inline, or owned if longer); NULL: no retry possible */
         size_t len;
+        char cmd_inline[160]; /* most reads fit: no allocation per request */
         ev_tstamp sent_at;
         ev_tstamp deadline;
         ev_timer attempt_timer;

@@ -34,9 +34,9 @@ enum lstate { L_ACQUIRING, L_HELD, L_REMOTE };
 struct lentry {
         struct lentry *next, *prev;
         enum lstate state;
-        char *id; /* ns NUL key NUL field NUL schema: the coalescing identity; owned */
+        char *id; /* ns NUL key NUL field NUL schema: the coalescing identity */
         size_t id_len;
-        char *key, *field; /* owned copies */
+        char *key, *field; /* copies; id, key and field live in the entry's own block */
         size_t klen, flen;
         int lease_ms;
         struct req proto; /* ns/schema/ns_slot carrier for scripts and counters */
@@ -58,7 +58,50 @@ struct lentry {
          * was on its way. If the script then says "held elsewhere", that holder
          * may already be done, and its notice is gone: look again at once. */
         bool notice_seen;
+        bool is_small; /* the block has LENTRY_SMALL bytes: it may be kept for reuse */
 };
+
+/*
+ * A get_or_set that hits still makes an entry for the length of one script;
+ * blocks up to LENTRY_SMALL bytes (the entry, its identity, key and field) are
+ * kept on a short free list so that this costs no allocation.
+ */
+#define LENTRY_SMALL (sizeof(struct lentry) + 384)
+#define LENTRY_KEEP 64
+static struct lentry *lease_spare;
+static unsigned lease_n_spare;
+static bool lease_closed; /* after lease_deinit(): blocks go back to malloc */
+
+static struct lentry *
+entry_block_new(size_t extra)
+{
+        struct lentry *e;
+
+        if (sizeof(*e) + extra > LENTRY_SMALL)
+                return calloc(1, sizeof(*e) + extra);
+        e = lease_spare;
+        if (e != NULL) {
+                lease_spare = e->next;
+                lease_n_spare--;
+                memset(e, 0, LENTRY_SMALL);
+        } else if ((e = calloc(1, LENTRY_SMALL)) == NULL) {
+                return NULL;
+        }
+        e->is_small = true;
+        return e;
+}
+
+static void
+entry_block_free(struct lentry *e)
+{
+        if (e->is_small && lease_n_spare < LENTRY_KEEP && !lease_closed) {
+                e->next = lease_spare;
+                lease_spare = e;
+                lease_n_spare++;
+                return;
+        }
+        free(e);
+}
 
 static struct server *lease_srv;
 static struct lentry *lease_entries;
@@ -104,12 +147,40 @@ entry_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
         entry_drive(e);
 }
 
-static struct lentry *
-entry_find(const char *id, size_t n)
+/* Writes r's identity for (key, field): ns NUL key NUL field NUL schema. */
+static void
+id_fill(char *q, const struct req *r, const char *key, size_t klen, const char *field,
+        size_t flen)
 {
-        for (struct lentry *e = lease_entries; e != NULL; e = e->next)
-                if (e->id_len == n && memcmp(e->id, id, n) == 0)
+        memcpy(q, r->ns, r->ns_len), q += r->ns_len;
+        *q++ = '\0';
+        memcpy(q, key, klen), q += klen;
+        *q++ = '\0';
+        if (flen > 0)
+                memcpy(q, field, flen), q += flen;
+        *q++ = '\0';
+        memcpy(q, r->schema, r->schema_len);
+}
+
+/* The entry with r's identity for (key, field), n bytes long; compared in place. */
+static struct lentry *
+entry_find(const struct req *r, const char *key, size_t klen, const char *field, size_t flen,
+           size_t n)
+{
+        for (struct lentry *e = lease_entries; e != NULL; e = e->next) {
+                const char *p = e->id;
+                if (e->id_len != n || memcmp(p, r->ns, r->ns_len) != 0)
+                        continue;
+                p += r->ns_len + 1;
+                if (memcmp(p, key, klen) != 0)
+                        continue;
+                p += klen + 1;
+                if ((flen > 0 && memcmp(p, field, flen) != 0))
+                        continue;
+                p += flen + 1;
+                if (memcmp(p, r->schema, r->schema_len) == 0)
                         return e;
+        }
         return NULL;
 }
 
@@ -124,9 +195,6 @@ entry_free(struct lentry *e)
                 lease_entries = e->next;
         if (e->next != NULL)
                 e->next->prev = e->prev;
-        free(e->id);
-        free(e->key);
-        free(e->field);
         free(e->lk);
         free(e->stale);
         e->id = e->key = e->field = e->lk = NULL;
@@ -137,7 +205,7 @@ entry_free(struct lentry *e)
                 e->next = e->prev = NULL;
                 return;
         }
-        free(e);
+        entry_block_free(e);
 }
 
 static void
@@ -503,27 +571,10 @@ handler_get_or_set(struct req *r, const msgpack_object *args, const struct opts 
                 return;
         /* identity: ns NUL key NUL field NUL schema */
         n = r->ns_len + 1 + klen + 1 + flen + 1 + r->schema_len;
-        id = malloc(n);
-        if (id == NULL) {
-                req_fail(r, RPC_ERR_INTERNAL, "out of memory");
-                return;
-        }
-        {
-                char *q = id;
-                memcpy(q, r->ns, r->ns_len), q += r->ns_len;
-                *q++ = '\0';
-                memcpy(q, key, klen), q += klen;
-                *q++ = '\0';
-                if (flen > 0)
-                        memcpy(q, field, flen), q += flen;
-                *q++ = '\0';
-                memcpy(q, r->schema, r->schema_len);
-        }
         /* wait_ms, not command_timeout_ms, bounds a get_or_set. */
         req_start_deadline(r, wait_ms);
-        e = entry_find(id, n);
+        e = entry_find(r, key, klen, field, flen, n);
         if (e != NULL) {
-                free(id);
                 if (e->state == L_HELD && e->has_stale) {
                         answer_value(r, e->stale, e->stale_len, true, NULL);
                         return;
@@ -532,22 +583,23 @@ handler_get_or_set(struct req *r, const msgpack_object *args, const struct opts 
                 waiter_add(e, r);
                 return;
         }
-        e = calloc(1, sizeof(*e));
-        if (e == NULL || (e->key = malloc(klen + 1)) == NULL ||
-            (flen > 0 && (e->field = malloc(flen)) == NULL)) {
-                if (e != NULL)
-                        free(e->key);
-                free(e);
-                free(id);
+        /* One block: the entry, then its identity, key and field (one allocation per load). */
+        e = entry_block_new(n + klen + 1 + flen);
+        if (e == NULL) {
                 req_fail(r, RPC_ERR_INTERNAL, "out of memory");
                 return;
         }
+        id = (char *)(e + 1);
+        id_fill(id, r, key, klen, field, flen);
         e->id = id;
         e->id_len = n;
+        e->key = id + n;
         memcpy(e->key, key, klen);
         e->klen = klen;
-        if (flen > 0)
+        if (flen > 0) {
+                e->field = e->key + klen + 1;
                 memcpy(e->field, field, flen);
+        }
         e->flen = flen;
         e->lease_ms = lease_ms;
         e->proto.has_ns = r->has_ns;
@@ -748,7 +800,7 @@ on_sys_release(void *priv, uint32_t gen, redisReply *reply, int err)
         log_debug("lease", "sys_release_answer", "entry=%p zombie=%d", (void *)e, e->is_zombie);
         e->call_pending = false;
         if (e->is_zombie) {
-                free(e);
+                entry_block_free(e);
                 return;
         }
         if (gen != e->call_gen)
@@ -890,4 +942,13 @@ lease_deinit(void)
                 }
                 entry_free(e);
         }
+        /* After the entries, which go to the spares; a zombie whose release
+         * completes later (the backend's teardown) is freed at once. */
+        lease_closed = true;
+        while (lease_spare != NULL) {
+                struct lentry *e = lease_spare;
+                lease_spare = e->next;
+                free(e);
+        }
+        lease_n_spare = 0;
 }
