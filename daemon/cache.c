@@ -42,6 +42,7 @@
 static struct server *cache_srv; /* ref */
 static struct buf cache_cmd;     /* scratch RESP command, reused */
 static struct buf cache_env;     /* scratch envelope, reused */
+static struct buf cache_near;    /* scratch near-cache form of a value, reused */
 static struct envelope *cache_envelope;
 static struct envelope_cfg cache_env_cfg;
 static char *cache_m;            /* metadata base M, owned */
@@ -73,6 +74,7 @@ cache_init(struct server *srv)
         cache_srv = srv;
         buf_init(&cache_cmd);
         buf_init(&cache_env);
+        buf_init(&cache_near);
         if (envelope_new(&cache_envelope) < 0)
                 return -1;
         cache_reconfigure();
@@ -109,6 +111,7 @@ cache_deinit(void)
 {
         buf_deinit(&cache_cmd);
         buf_deinit(&cache_env);
+        buf_deinit(&cache_near);
         cache_envelope = envelope_free(cache_envelope);
         free(cache_m);
         cache_m = NULL;
@@ -721,12 +724,60 @@ on_value(void *priv, uint32_t gen, redisReply *reply, int err)
         req_done(r);
 }
 
+/*
+ * The near cache keeps a value decoded, so that a hit costs no crc and no
+ * inflate: [kind][flags][s][schema tag, s bytes][value], kind 0 for a value
+ * another client wrote (no envelope), 1 for an envelope's. NULL if the stored
+ * value does not decode (it is answered, and counted, by pack_stored()).
+ */
+#define NEAR_FORM_HDR 3
+static const uint8_t *
+near_form(const char *p, size_t n, size_t *len)
+{
+        struct envelope_view v;
+        uint8_t hdr[NEAR_FORM_HDR];
+
+        if (envelope_decode(cache_envelope, &cache_env_cfg, p, n, &v) != ENVELOPE_OK)
+                return NULL;
+        hdr[0] = v.is_raw ? 0 : 1;
+        hdr[1] = (uint8_t)(v.flags & ENVELOPE_F_STALE);
+        hdr[2] = (uint8_t)v.slen;
+        buf_clear(&cache_near);
+        if (buf_append(&cache_near, hdr, sizeof(hdr)) < 0 ||
+            buf_append(&cache_near, v.schema, v.slen) < 0 ||
+            buf_append(&cache_near, v.data, v.len) < 0)
+                return NULL;
+        *len = buf_size(&cache_near);
+        return buf_head(&cache_near);
+}
+
+/* Answers a get from the near form: the checks and counts of cache_decode(). */
+static void
+pack_near_form(struct req *r, msgpack_packer *pk, const uint8_t *p, size_t n)
+{
+        size_t slen = p[2];
+        const uint8_t *schema = p + NEAR_FORM_HDR, *data = schema + slen;
+        size_t len = n - NEAR_FORM_HDR - slen;
+
+        if (r->has_schema && (slen != r->schema_len || memcmp(schema, r->schema, slen) != 0)) {
+                CACHE_COUNT(r, schema_mismatch, 1);
+                CACHE_COUNT(r, misses, 1);
+                msgpack_pack_nil(pk);
+                return;
+        }
+        CACHE_COUNT(r, hits, 1);
+        CACHE_COUNT(r, bytes_out, len);
+        rpc_pack_bin(pk, data, len);
+}
+
 /* MULTI GET PTTL EXEC for a near-cache miss: [value|nil, pttl]. */
 static void
 on_near_fill(void *priv, uint32_t gen, redisReply *reply, int err)
 {
         struct req *r = cache_reply_req(priv, gen, reply, err);
         const redisReply *v, *t;
+        const uint8_t *form = NULL;
+        size_t flen = 0;
 
         if (r == NULL)
                 return;
@@ -739,9 +790,16 @@ on_near_fill(void *priv, uint32_t gen, redisReply *reply, int err)
         }
         v = reply->element[0];
         t = reply->element[1];
-        near_fill(r->near_token, v->type == REDIS_REPLY_STRING ? v->str : NULL, v->len, t->integer);
+        if (v->type == REDIS_REPLY_STRING)
+                form = near_form(v->str, v->len, &flen);
+        /* A nil or a value that does not decode is not kept (nothing to serve). */
+        near_fill(r->near_token, (const char *)form, flen, t->integer);
         r->near_token = 0;
-        pack_stored(r, req_result(r), v);
+        if (form != NULL)
+                pack_near_form(r, req_result(r), form, flen);
+        else
+                pack_stored(r, req_result(r), v);
+        buf_shrink(&cache_near, 64 * 1024);
         req_done(r);
 }
 
@@ -939,10 +997,7 @@ handler_get(struct req *r, const msgpack_object *args, const struct opts *o)
                 const char *nk = near_key(key, klen, &nlen), *v;
                 size_t vlen;
                 if (nk != NULL && near_get(nk, nlen, &v, &vlen)) {
-                        redisReply fake = {.type = REDIS_REPLY_STRING};
-                        fake.str = (char *)(uintptr_t)v;
-                        fake.len = vlen;
-                        pack_stored(r, req_result(r), &fake);
+                        pack_near_form(r, req_result(r), (const uint8_t *)v, vlen);
                         req_done(r);
                         return;
                 }

@@ -33,7 +33,8 @@ void near_deinit(void);
 /* True when entries may be served and filled now. */
 bool near_is_active(void);
 
-/* A fresh entry for the Redis key: *val (the stored bytes) valid until the next near_* call. */
+/* A fresh entry for the Redis key: *val (the bytes given to near_fill(): the cache module
+ * keeps values decoded) valid until the next near_* call. */
 bool near_get(const char *key, size_t n, const char **val, size_t *vlen);
 
 /* Before sending the GET of a miss: a token for near_fill(), 0 when not fillable now. */

@@ -345,6 +345,24 @@ def test_near_false_and_consistency_bypass(kn, c, redis):
 # Outside writers on the primary.
 # --------------------------------------------------------------------------
 
+def test_hits_serve_compressed_schema_tagged_and_foreign_values(kn, c, redis):
+    """The near cache keeps values decoded: a compressed value comes back
+    whole from memory, a schema tag is still checked on every hit, and a
+    value another client wrote (no envelope) is served as it is."""
+    big = b"abcd" * 4096  # 16 KiB, stored compressed
+    assert c.ok("set", "z", big, {"schema": "v1"}) is True
+    assert len(redis.cmd("GET", rkey("z"))) < len(big) // 4, "stored uncompressed"
+    warm(c, "z", big)
+    h = near(c)["hits"]
+    assert get(c, "z", {"schema": "v1"}) == big
+    assert get(c, "z", {"schema": "v2"}) is None  # another model: a miss
+    assert get(c, "z") == big
+    assert near(c)["hits"] == h + 3, "served from Redis, not from memory"
+    redis_cli(redis, "SET", rkey("foreign"), "plain-bytes")
+    warm(c, "foreign", b"plain-bytes")
+    assert get(c, "foreign", {"schema": "v1"}) is None
+
+
 def test_outside_set_del_flushdb_flushall(kn, c, redis):
     assert c.ok("set", "k", b"v1") is True
     for i in range(5):
