@@ -14,6 +14,8 @@
 
 #include "daemon/envelope.h"
 
+#include "daemon/crc32.h"
+
 #include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -180,7 +182,7 @@ envelope_encode(struct envelope *e, const struct envelope_cfg *cfg, const void *
         if (slen > 0)
                 memcpy(h + 5, schema, slen);
         envelope_put_be32(h + 5 + slen, (uint32_t)n);
-        envelope_put_be32(h + 9 + slen, (uint32_t)crc32_z(0, val, n));
+        envelope_put_be32(h + 9 + slen, crc32_fast(0, val, n));
         out->len += hdr + plen;
         if (saved != NULL)
                 *saved = n - plen;
@@ -310,7 +312,7 @@ envelope_decode(struct envelope *e, const struct envelope_cfg *cfg, const void *
                 if (r != 0)
                         return r;
         }
-        if (crc32_z(0, data, ulen) != crc)
+        if (crc32_fast(0, data, ulen) != crc)
                 return envelope_corrupt(e, "crc mismatch");
 
         *v = (struct envelope_view){

@@ -23,6 +23,7 @@
 #include "daemon/stats.h"
 
 #define RCONN_READ_CHUNK (64 * 1024)
+#define RCONN_FEED_SLICE (4 * 1024)
 
 static struct rconn *rconn_dirty_head;
 
@@ -476,28 +477,40 @@ rconn_on_read(struct ev_loop *loop, ev_io *w, int revents)
                 rconn_fail_errno(rc, "read", errno);
                 return;
         }
-        if (redisReaderFeed(rc->reader, chunk, (size_t)n) != REDIS_OK) {
-                rconn_close(rc, "protocol: reader feed failed");
-                return;
-        }
-        for (;;) {
-                void *reply = NULL;
-                if (redisReaderGetReply(rc->reader, &reply) != REDIS_OK) {
-                        char why[200];
-                        snprintf(why, sizeof(why), "protocol: %s (reply refused)",
-                                 rc->guard.why != NULL ? rc->guard.why : rc->reader->errstr);
-                        rconn_close(rc, why);
+        /*
+         * Fed in slices: after each reply, hiredis 0.14 moves what is left of its
+         * buffer to the front once 1 KiB is consumed, so a 64 KiB read of 4 KiB
+         * replies moved ~32 KiB per reply (10 % of kcached's CPU at 4 KiB x 50 x
+         * 16). With 4 KiB slices at most a slice's rest moves.
+         */
+        for (size_t off = 0; off < (size_t)n; off += RCONN_FEED_SLICE) {
+                size_t m = (size_t)n - off < RCONN_FEED_SLICE ? (size_t)n - off : RCONN_FEED_SLICE;
+                if (redisReaderFeed(rc->reader, chunk + off, m) != REDIS_OK) {
+                        rconn_close(rc, "protocol: reader feed failed");
                         return;
                 }
-                if (reply == NULL)
-                        break;
-                rc->guard.bytes = 0;
-                int r = rconn_dispatch(rc, reply);
-                freeReplyObject(reply);
-                if (r < 0)
+                for (;;) {
+                        void *reply = NULL;
+                        if (redisReaderGetReply(rc->reader, &reply) != REDIS_OK) {
+                                char why[200];
+                                snprintf(why, sizeof(why), "protocol: %s (reply refused)",
+                                         rc->guard.why != NULL ? rc->guard.why
+                                                               : rc->reader->errstr);
+                                rconn_close(rc, why);
+                                return;
+                        }
+                        if (reply == NULL)
+                                break;
+                        rc->guard.bytes = 0;
+                        int r = rconn_dispatch(rc, reply);
+                        freeReplyObject(reply);
+                        if (r < 0)
+                                return;
+                }
+                /* A reply still incomplete: what it built plus what waits in the buffer. */
+                if (rconn_guard_exceeded(rc->reader)) {
+                        rconn_close(rc, "protocol: reply larger than max_reply_bytes (reply refused)");
                         return;
+                }
         }
-        /* A reply still incomplete: what it built plus what waits in the buffer. */
-        if (rconn_guard_exceeded(rc->reader))
-                rconn_close(rc, "protocol: reply larger than max_reply_bytes (reply refused)");
 }
