@@ -40,7 +40,9 @@ struct req {
         uint32_t gen;
         uint32_t msgid;
         enum rpc_method method;
-        ev_timer timer;     /* deadline */
+        ev_timer timer;     /* deadline, when not on the deadline queue (dispatch.c) */
+        struct req *dl_next, *dl_prev; /* the deadline queue */
+        bool on_dl;         /* on the deadline queue */
         ev_tstamp deadline; /* absolute, 0 for requests answered locally */
         int deadline_ms;    /* what the deadline was started with, for the TIMEOUT message */
         ev_tstamp started;  /* stats_clock() at arrival, for the latency; 0: not counted */

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import (stored_payload, RpcClient, T, admin_json, assert_healthy, err_code, free_port,
+from conftest import (stored_payload, Inflight, RpcClient, T, admin_json, assert_healthy, err_code, free_port,
                       pack, wait_until)
 
 
@@ -90,6 +90,47 @@ def test_redis_frozen_timeout_then_recovers(harness, redis):
     c.ok("set", "g", b"other")
     assert c.call("get", "g") == (None, b"other")
     assert c.call("get", "f") == (None, b"frozen")
+    assert_healthy(k)
+
+
+def test_deadlines_of_staggered_requests_and_other_timeouts(harness, redis):
+    """Requests that started at different times against a frozen Redis each
+    time out at their own command_timeout_ms, in order; a get_or_set with a
+    shorter wait_ms (its own timer) in between times out first; none earlier
+    than its deadline."""
+    k = harness.kcached(redis, ini={"redis": {"command_timeout_ms": 600}})
+    c1, c2, c3 = k.client(), k.client(), k.client()
+    holder = k.client()
+    assert "lease" in holder.ok("get_or_set", "held", {"lease_ms": 60000})
+    redis.freeze()
+    try:
+        fl, sent_at = Inflight(), {}
+        for i in range(3):
+            fl.send(c1, "get", f"a{i}", tag=("a", i))
+            sent_at[("a", i)] = time.monotonic()
+        wait_until(lambda: admin_json(k, "stats")["inflight"] >= 3, 5, "3 requests in flight")
+        time.sleep(0.2)  # the second batch starts 0.2 s later: its deadlines too
+        for i in range(3):
+            fl.send(c2, "get", f"b{i}", tag=("b", i))
+            sent_at[("b", i)] = time.monotonic()
+        # Waits locally on the lease (no Redis): only its wait_ms ends it.
+        fl.send(c3, "get_or_set", "held", {"wait_ms": 300}, tag=("w", 0))
+        sent_at[("w", 0)] = time.monotonic()
+        took = {}
+        deadline = time.monotonic() + 10
+        while len(took) < len(sent_at) and time.monotonic() < deadline:
+            for _, _, tag, err, _ in fl.pump(0.002).answered():
+                if tag not in took:
+                    took[tag] = (time.monotonic() - sent_at[tag], err_code(err))
+        assert len(took) == len(sent_at), f"unanswered: {set(sent_at) - set(took)}"
+        for tag, (dt, code) in took.items():
+            want = 0.3 if tag[0] == "w" else 0.6
+            assert code == "TIMEOUT", (tag, code)
+            assert dt >= want - 0.01, f"{tag} timed out after {dt:.3f}s, before {want}s"
+            assert dt < want + T(0.5), f"{tag} timed out after {dt:.3f}s for {want}s"
+    finally:
+        redis.thaw()
+    assert c1.call("ping") == (None, "pong")
     assert_healthy(k)
 
 
