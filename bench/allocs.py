@@ -23,8 +23,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CC = ["cc", "-std=c11", "-O2", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror"]
+from benchlib import build_tool, kcache_bench, use_build, version as kcached_version
 
 CASES = [
     # name, kcache-bench options, near_cache_bytes, read from a replica
@@ -57,21 +56,14 @@ def main():
     ap.add_argument("--build", default="build-bench")
     ap.add_argument("--requests", type=int, default=200000)
     a = ap.parse_args()
-    build = a.build if os.path.isabs(a.build) else os.path.join(ROOT, a.build)
-    kcached = os.path.join(build, "daemon", "kcached")
-    if not os.path.exists(kcached):
-        sys.exit(f"allocs.py: {kcached} not found (ninja -C {a.build} daemon/kcached)")
-    os.environ["KCACHED"] = kcached
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    kcached = use_build(a.build, "allocs.py")
     from conftest import Harness, admin_json, node_of, wait_replica_link  # noqa: E402
 
     tmp = tempfile.mkdtemp(prefix="kallocs.")
-    so, kb = os.path.join(tmp, "alloc-count.so"), os.path.join(tmp, "kcache-bench")
-    subprocess.run(CC + ["-shared", "-fPIC", "-o", so, os.path.join(ROOT, "bench/alloc-count.c"),
-                         "-ldl"], check=True)
-    subprocess.run(CC + ["-pthread", "-o", kb, os.path.join(ROOT, "bench/kcache-bench.c"),
-                         "-lm"], check=True)
-    version = subprocess.run([kcached, "--version"], capture_output=True, text=True).stdout.strip()
+    so = build_tool("alloc-count.c", os.path.join(tmp, "alloc-count.so"), "-shared", "-fPIC",
+                    "-ldl")
+    kb = kcache_bench(tmp)
+    version = kcached_version(kcached)
     print(f"kcached: {kcached} ({version}); {a.requests} requests per case, 10 connections; "
           f"counts: bench/alloc-count.c (LD_PRELOAD)")
 

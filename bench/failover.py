@@ -18,13 +18,10 @@ usage: /usr/bin/python3 bench/failover.py [--build build] [--conns 10] [--second
 """
 
 import argparse
-import os
-import platform
-import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import machine, use_build, version as kcached_version
 
 
 def parse_args():
@@ -39,20 +36,6 @@ def parse_args():
     if a.seconds < 2 or a.conns < 1 or a.depth < 1 or a.keys < 1:
         ap.error("need --seconds >= 2, --conns >= 1, --depth >= 1, --keys >= 1")
     return a
-
-
-def machine():
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return (f"nproc {os.cpu_count()}, {model}, Linux {platform.release()}, "
-            f"Python {platform.python_version()}")
 
 
 def pct(sorted_vals, p):
@@ -72,16 +55,10 @@ def lat_line(name, samples):
 
 def main():
     a = parse_args()
-    build = a.build if os.path.isabs(a.build) else os.path.join(ROOT, a.build)
-    kcached_bin = os.path.join(build, "daemon", "kcached")
-    if not os.path.exists(kcached_bin):
-        sys.exit(f"failover.py: {kcached_bin} not found (build first: ninja -C {a.build})")
-    os.environ["KCACHED"] = kcached_bin
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    kcached_bin = use_build(a.build, "failover.py")
     from conftest import Harness, ReadLoad, Topology, admin_json, node_of  # noqa: E402
 
-    version = subprocess.run([kcached_bin, "--version"], capture_output=True,
-                             text=True).stdout.strip()
+    version = kcached_version(kcached_bin)
     print("machine:  " + machine())
     print(f"kcached:  {kcached_bin} ({version})")
     print(f"load:     {a.conns} connections x {a.depth} get in flight, {a.keys} keys, "

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import kcache_bench, use_build, version as kcached_version
 
 
 def main():
@@ -41,19 +41,12 @@ def main():
     ap.add_argument("--value-size", type=int, default=1024)
     ap.add_argument("--seconds", type=float, default=5)
     a = ap.parse_args()
-    build = a.build if os.path.isabs(a.build) else os.path.join(ROOT, a.build)
-    kcached = os.path.join(build, "daemon", "kcached")
-    if not os.path.exists(kcached):
-        sys.exit(f"rss.py: {kcached} not found (ninja -C {a.build} daemon/kcached)")
-    os.environ["KCACHED"] = kcached
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    kcached = use_build(a.build, "rss.py")
     from conftest import Harness, Topology, admin_json, rss_kb  # noqa: E402
 
     tmp = tempfile.mkdtemp(prefix="krss.")
-    kb = os.path.join(tmp, "kcache-bench")
-    subprocess.run(["cc", "-std=c11", "-O2", "-D_GNU_SOURCE", "-pthread", "-o", kb,
-                    os.path.join(ROOT, "bench/kcache-bench.c"), "-lm"], check=True)
-    version = subprocess.run([kcached, "--version"], capture_output=True, text=True).stdout.strip()
+    kb = kcache_bench(tmp)
+    version = kcached_version(kcached)
     print(f"kcached: {kcached} ({version}); machine: nproc {os.cpu_count()}, "
           f"Linux {platform.release()}; glibc malloc defaults")
     print(f"warm-up: {a.keys} keys x {a.value_size} B set through kcached, then {a.seconds:g} s "

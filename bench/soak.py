@@ -31,17 +31,15 @@ usage: /usr/bin/python3 bench/soak.py [--build build] [--minutes 10] [--clients 
 import argparse
 import json
 import os
-import platform
 import random
 import selectors
 import socket
-import subprocess
 import sys
 import threading
 import time
 from collections import Counter
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import fd_count, machine, use_build, version as kcached_version
 
 
 def parse_args():
@@ -72,32 +70,6 @@ def parse_args():
         ap.error("need --minutes > 0, --clients >= 1, --depth >= 1, --keys >= 10, "
                  "--kill-every >= 5")
     return a
-
-
-def machine():
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return (f"nproc {os.cpu_count()}, {model}, Linux {platform.release()}, "
-            f"Python {platform.python_version()}")
-
-
-def rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def fd_count(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 class Load:
@@ -316,17 +288,12 @@ class Load:
 
 def main():
     a = parse_args()
-    build = a.build if os.path.isabs(a.build) else os.path.join(ROOT, a.build)
-    kcached_bin = os.path.join(build, "daemon", "kcached")
-    if not os.path.exists(kcached_bin):
-        sys.exit(f"soak.py: {kcached_bin} not found (build first: ninja -C {a.build})")
-    os.environ["KCACHED"] = kcached_bin
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    kcached_bin = use_build(a.build, "soak.py")
     import msgpack  # noqa: E402
-    from conftest import Harness, Topology, admin_json, node_of, wait_replica_link  # noqa: E402
+    from conftest import (Harness, Topology, admin_json, node_of, rss_kb,  # noqa: E402
+                          wait_replica_link)
 
-    version = subprocess.run([kcached_bin, "--version"], capture_output=True,
-                             text=True).stdout.strip()
+    version = kcached_version(kcached_bin)
     seconds = a.minutes * 60
     print("machine:  " + machine())
     print(f"kcached:  {kcached_bin} ({version})")
