@@ -948,12 +948,13 @@ handler_stats(struct req *r, const msgpack_object *args, const struct opts *o)
         {
                 struct near_stats st;
                 near_get_stats(&st);
-                msgpack_pack_map(pk, 10);
+#define F(name) +1
+                msgpack_pack_map(pk, 1 NEAR_STATS_FIELDS(F));
+#undef F
 #define F(name)                                                                                    \
         rpc_pack_str(pk, #name);                                                                   \
         msgpack_pack_uint64(pk, st.name);
-                F(hits) F(misses) F(fills) F(fills_dropped) F(evictions) F(invalidations) F(flushes)
-                F(bytes) F(entries)
+                NEAR_STATS_FIELDS(F)
 #undef F
                 rpc_pack_str(pk, "active");
                 if (st.active)

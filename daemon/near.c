@@ -254,46 +254,31 @@ static void
 evict_until_fits(void)
 {
         while (near.bytes > near.cap && (near.small.tail != NULL || near.main.tail != NULL)) {
+                struct nentry *t;
+
                 if (near.small.tail != NULL &&
                     (near.small.bytes > near.cap / 10 || near.main.tail == NULL)) {
-                        struct nentry *t = near.small.tail;
-                        fifo_remove(&near.small, t);
+                        t = near.small.tail;
                         if (t->freq > 0) {
                                 /* seen again while young: promote */
+                                fifo_remove(&near.small, t);
                                 t->freq = 0;
                                 t->where = W_MAIN;
                                 fifo_push(&near.main, t);
                                 continue;
                         }
                         ghost_add(t->hash);
-                        t->where = W_PENDING + 3; /* neither FIFO nor placeholder */
-                        near.bytes -= entry_size(t);
-                        near.n_entries--;
-                        {
-                                struct nentry **pp = slot_of(t->data, t->klen, t->hash);
-                                if (*pp == t)
-                                        *pp = t->hnext;
+                } else {
+                        t = near.main.tail;
+                        if (t->freq > 0) {
+                                /* reinserted with one use less */
+                                t->freq--;
+                                fifo_remove(&near.main, t);
+                                fifo_push(&near.main, t);
+                                continue;
                         }
-                        free(t);
-                        near.st.evictions++;
-                        continue;
                 }
-                struct nentry *t = near.main.tail;
-                fifo_remove(&near.main, t);
-                if (t->freq > 0) {
-                        t->freq--;
-                        fifo_push(&near.main, t);
-                        continue;
-                }
-                t->where = W_PENDING + 3;
-                near.bytes -= entry_size(t);
-                near.n_entries--;
-                {
-                        struct nentry **pp = slot_of(t->data, t->klen, t->hash);
-                        if (*pp == t)
-                                *pp = t->hnext;
-                }
-                free(t);
+                entry_drop(t);
                 near.st.evictions++;
         }
 }
@@ -822,8 +807,7 @@ near_write_json(struct json *j)
 #define F(name)                                                                                    \
         json_key(j, #name);                                                                        \
         json_uint(j, st.name);
-        F(hits) F(misses) F(fills) F(fills_dropped) F(evictions) F(invalidations) F(flushes)
-        F(bytes) F(entries)
+        NEAR_STATS_FIELDS(F)
 #undef F
         json_obj_end(j);
 }

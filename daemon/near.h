@@ -50,10 +50,14 @@ void near_evict(const char *key, size_t n);
 /* Everything goes (pattern/tag/namespace invalidation, admin flush, doubt). */
 void near_flush(const char *why);
 
-/* Counters and sizes, for stats and metrics. */
+/* Counters and sizes, for stats and metrics: F(name) for each, in the order shown. */
+#define NEAR_STATS_FIELDS(F)                                                                       \
+        F(hits) F(misses) F(fills) F(fills_dropped) F(evictions) F(invalidations) F(flushes)       \
+        F(bytes) F(entries)
 struct near_stats {
-        uint64_t hits, misses, fills, fills_dropped, evictions, invalidations, flushes;
-        uint64_t bytes, entries;
+#define NEAR_STATS_FIELD(name) uint64_t name;
+        NEAR_STATS_FIELDS(NEAR_STATS_FIELD)
+#undef NEAR_STATS_FIELD
         bool active;
 };
 void near_get_stats(struct near_stats *st);
